@@ -1,0 +1,607 @@
+"""CLIP (ViT and modified ResNet) that loads OpenAI's released weights unchanged.
+
+Reads top to bottom: building blocks -> transformer -> the two image towers ->
+the joint model -> weight conversion and construction from a state dict.
+
+Layout is batch-first ([N, L, W]) everywhere. Parameter names match OpenAI's
+state-dict keys exactly (e.g. ``attn.in_proj_weight``), although attention is
+implemented here with ``F.scaled_dot_product_attention``.
+
+Extension points for prompt-learning methods (nobody needs to fork this file):
+
+* ``Transformer.forward(..., start, end, layer_prompts, prompt_slot)`` runs a
+  slice of blocks and replaces tokens with per-layer prompts (deep prompts).
+* ``CLIP.encode_text_embeddings`` encodes token *embeddings* (learned context).
+* ``VisionTransformer.embed / run_blocks / head`` split the image forward so
+  prompts can be appended and hidden states cached (Skip Tuning).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+# Entries of OpenAI's TorchScript state dicts that are not model parameters.
+EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back to the input dtype (as OpenAI's)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        return out.to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation all OpenAI CLIP models were trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class MultiheadSelfAttention(nn.Module):
+    """Self-attention whose parameters are named like ``nn.MultiheadAttention``.
+
+    Keeping the packed ``in_proj_weight`` / ``in_proj_bias`` and the ``out_proj``
+    Linear makes OpenAI checkpoints load without any key remapping.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads != 0:
+            raise ValueError(f"Attention width {width} is not divisible by heads {heads}.")
+        self.width, self.heads = width, heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        n, length, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        # [N, L, 3W] -> 3 x [N, heads, L, head_dim]
+        q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None:
+            attn_mask = attn_mask.to(dtype=q.dtype, device=q.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(n, length, width)
+        return self.out_proj(out)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = MultiheadSelfAttention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, width * 4)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(width * 4, width)),
+                ]
+            )
+        )
+        self.ln_2 = LayerNorm(width)
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks, with deep-prompt and slicing hooks."""
+
+    def __init__(self, width: int, layers: int, heads: int):
+        super().__init__()
+        self.width, self.layers = width, layers
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(
+        self,
+        x: Tensor,
+        attn_mask: Optional[Tensor] = None,
+        *,
+        start: int = 0,
+        end: Optional[int] = None,
+        layer_prompts: Optional[Mapping[int, Tensor]] = None,
+        prompt_slot: str = "last",
+    ) -> Tensor:
+        """Run ``resblocks[start:end]`` on ``x`` ([N, L, W]).
+
+        ``layer_prompts`` maps a block index i to prompts P ([n, W] or [N, n, W]);
+        before block i runs, n tokens of x are replaced by P: the last n tokens
+        (``prompt_slot="last"``, vision deep prompts) or tokens 1..n
+        (``"after_sos"``, text deep prompts). ``attn_mask`` is an additive float
+        mask of shape [L, L] or None.
+        """
+        if x.dim() != 3:
+            raise ValueError(f"Transformer input must be [N, L, W], got shape {tuple(x.shape)}.")
+        if prompt_slot not in ("last", "after_sos"):
+            raise ValueError(f"prompt_slot must be 'last' or 'after_sos', got {prompt_slot!r}.")
+        n_blocks = len(self.resblocks)
+        end = n_blocks if end is None else end
+        if not 0 <= start <= end <= n_blocks:
+            raise ValueError(f"Block range [{start}:{end}] is invalid for a transformer with {n_blocks} blocks.")
+        if layer_prompts:
+            bad = [i for i in layer_prompts if not 0 <= int(i) < n_blocks]
+            if bad:
+                raise ValueError(f"layer_prompts keys {bad} are outside the block indices 0..{n_blocks - 1}.")
+        for i in range(start, end):
+            if layer_prompts is not None and i in layer_prompts:
+                x = replace_prompt_tokens(x, layer_prompts[i], prompt_slot)
+            x = self.resblocks[i](x, attn_mask)
+        return x
+
+
+def replace_prompt_tokens(x: Tensor, prompts: Tensor, slot: str = "last") -> Tensor:
+    """Return x ([N, L, W]) with n tokens replaced by ``prompts`` ([n, W] or [N, n, W])."""
+    if prompts.dim() == 2:
+        prompts = prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
+    if prompts.dim() != 3 or prompts.shape[0] != x.shape[0] or prompts.shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"Prompts of shape {tuple(prompts.shape)} do not fit hidden states {tuple(x.shape)}; "
+            "expected [n, W] or [N, n, W]."
+        )
+    n = prompts.shape[1]
+    if n >= x.shape[1]:
+        raise ValueError(f"Cannot replace {n} prompt tokens in a sequence of length {x.shape[1]}.")
+    prompts = prompts.to(x.dtype)
+    if slot == "last":
+        return torch.cat([x[:, : x.shape[1] - n], prompts], dim=1)
+    return torch.cat([x[:, :1], prompts, x[:, 1 + n :]], dim=1)
+
+
+# ---------------------------------------------------------------------------
+# Image towers
+# ---------------------------------------------------------------------------
+
+
+class VisionTransformer(nn.Module):
+    """ViT image encoder: patchify, class token, transformer, project the class token."""
+
+    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int):
+        super().__init__()
+        self.input_resolution, self.patch_size = input_resolution, patch_size
+        self.width, self.output_dim = width, output_dim
+        self.grid_size = input_resolution // patch_size
+        scale = width**-0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size**2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def embed(self, image: Tensor, prompts: Optional[Tensor] = None) -> Tensor:
+        """Tokens before the first block: [N, 1 + G² (+ n), W]."""
+        x = self.conv1(image.to(self.conv1.weight.dtype))  # [N, W, G, G]
+        expected = self.positional_embedding.shape[0] - 1
+        if x.shape[-1] * x.shape[-2] != expected or x.shape[-1] != x.shape[-2]:
+            raise ValueError(
+                f"Image of size {tuple(image.shape[-2:])} gives a {x.shape[-2]}x{x.shape[-1]} patch grid, but "
+                f"this model expects {self.input_resolution}x{self.input_resolution} images "
+                f"({self.grid_size}x{self.grid_size} patches). Resize the input (INPUT.SIZE) to "
+                f"{self.input_resolution}; positional embeddings are not interpolated."
+            )
+        x = x.flatten(2).transpose(1, 2)  # [N, G², W]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        if prompts is not None:
+            if prompts.dim() == 2:
+                prompts = prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
+            x = torch.cat([x, prompts.to(x.dtype)], dim=1)
+        return self.ln_pre(x)
+
+    def run_blocks(
+        self,
+        x: Tensor,
+        start: int = 0,
+        end: Optional[int] = None,
+        layer_prompts: Optional[Mapping[int, Tensor]] = None,
+    ) -> Tensor:
+        """Run vision blocks [start:end] on batch-first hidden states (deep prompts replace the last tokens)."""
+        return self.transformer(x, None, start=start, end=end, layer_prompts=layer_prompts, prompt_slot="last")
+
+    def head(self, x: Tensor) -> Tensor:
+        """Final features from hidden states: ln_post(class token) @ proj."""
+        return self.ln_post(x[:, 0]) @ self.proj
+
+    def forward(
+        self,
+        image: Tensor,
+        *,
+        prompts: Optional[Tensor] = None,
+        layer_prompts: Optional[Mapping[int, Tensor]] = None,
+    ) -> Tensor:
+        return self.head(self.run_blocks(self.embed(image, prompts), layer_prompts=layer_prompts))
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck with anti-aliased downsampling (avg-pool before stride-1 convs)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.downsample: Optional[nn.Sequential] = None
+        if stride > 1 or inplanes != planes * self.expansion:
+            # Child names "-1", "0", "1" give OpenAI's keys downsample.0.* / downsample.1.*.
+            self.downsample = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("-1", nn.AvgPool2d(stride)),
+                        ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                        ("1", nn.BatchNorm2d(planes * self.expansion)),
+                    ]
+                )
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.avgpool(out)))
+        return self.relu3(out + identity)
+
+
+class AttentionPool2d(nn.Module):
+    """Attention pooling: the mean token queries all tokens of the final feature map."""
+
+    def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: Optional[int] = None):
+        super().__init__()
+        self.spacial_dim, self.num_heads = spacial_dim, num_heads
+        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim or embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        if h * w + 1 != self.positional_embedding.shape[0]:
+            raise ValueError(
+                f"Feature map {h}x{w} does not match the attention pool's {self.spacial_dim}x{self.spacial_dim} "
+                f"grid; this model expects {self.spacial_dim * 32}x{self.spacial_dim * 32} images. Resize the input "
+                f"(INPUT.SIZE) to {self.spacial_dim * 32}; positional embeddings are not interpolated."
+            )
+        x = x.flatten(2).transpose(1, 2)  # [N, HW, C]
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        x = x + self.positional_embedding.to(x.dtype)
+        head_dim = c // self.num_heads
+        q = self.q_proj(x[:, :1]).view(n, 1, self.num_heads, head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(n, -1, self.num_heads, head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(n, -1, self.num_heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, head_dim]
+        return self.c_proj(out.transpose(1, 2).reshape(n, c))
+
+
+class ModifiedResNet(nn.Module):
+    """OpenAI's ResNet: 3-conv stem, anti-aliased bottlenecks, attention pooling head."""
+
+    def __init__(
+        self, layers: Tuple[int, int, int, int], output_dim: int, heads: int, input_resolution: int = 224, width: int = 64
+    ):
+        super().__init__()
+        self.output_dim, self.input_resolution = output_dim, input_resolution
+        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(2)
+
+        self._inplanes = width
+        self.layer1 = self._make_layer(width, layers[0])
+        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
+        embed_dim = width * 32
+        self.attnpool = AttentionPool2d(input_resolution // 32, embed_dim, heads, output_dim)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        layers = [Bottleneck(self._inplanes, planes, stride)]
+        self._inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def stem(self, image: Tensor) -> Tensor:
+        """Three 3x3 convs and an average pool: resolution / 4."""
+        x = image.to(self.conv1.weight.dtype)
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.relu3(self.bn3(self.conv3(x)))
+        return self.avgpool(x)
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = self.stem(image)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+
+# ---------------------------------------------------------------------------
+# CLIP
+# ---------------------------------------------------------------------------
+
+
+class CLIP(nn.Module):
+    """Image and text encoders with a shared embedding space and a learned temperature."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        image_resolution: int,
+        vision_layers: Union[Tuple[int, int, int, int], int],
+        vision_width: int,
+        vision_patch_size: Optional[int],
+        context_length: int,
+        vocab_size: int,
+        transformer_width: int,
+        transformer_heads: int,
+        transformer_layers: int,
+    ):
+        super().__init__()
+        self.context_length, self.vocab_size = context_length, vocab_size
+        if isinstance(vision_layers, (tuple, list)):
+            self.visual: Union[ModifiedResNet, VisionTransformer] = ModifiedResNet(
+                layers=tuple(vision_layers),
+                output_dim=embed_dim,
+                heads=vision_width * 32 // 64,
+                input_resolution=image_resolution,
+                width=vision_width,
+            )
+        else:
+            if vision_patch_size is None:
+                raise ValueError("A ViT image tower needs vision_patch_size (got None).")
+            self.visual = VisionTransformer(
+                input_resolution=image_resolution,
+                patch_size=vision_patch_size,
+                width=vision_width,
+                layers=vision_layers,
+                heads=vision_width // 64,
+                output_dim=embed_dim,
+            )
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
+        self.ln_final = LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.reset_buffers()
+        self.initialize_parameters()
+
+    def reset_buffers(self) -> None:
+        """(Re)build the non-persistent causal mask (also after loading into a meta-device model)."""
+        length, device = self.context_length, self.positional_embedding.device
+        mask = torch.full((length, length), float("-inf"), device=device).triu_(1)
+        # Additive causal mask; non-persistent so it never enters state dicts.
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def initialize_parameters(self) -> None:
+        """CLIP's initialisation recipe (only matters for random-weight models)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        if isinstance(self.visual, ModifiedResNet):
+            pool = self.visual.attnpool
+            std = pool.c_proj.in_features**-0.5
+            for linear in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+                nn.init.normal_(linear.weight, std=std)
+            for stage in (self.visual.layer1, self.visual.layer2, self.visual.layer3, self.visual.layer4):
+                for block in stage:
+                    nn.init.zeros_(block.bn3.weight)
+        for tower in (self.transformer, getattr(self.visual, "transformer", None)):
+            if tower is None:
+                continue
+            proj_std = tower.width**-0.5 * (2 * tower.layers) ** -0.5
+            attn_std = tower.width**-0.5
+            fc_std = (2 * tower.width) ** -0.5
+            for block in tower.resblocks:
+                nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+                nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def causal_mask(self, length: int) -> Tensor:
+        """Additive [length, length] mask: position i attends to positions <= i."""
+        if length > self.context_length:
+            raise ValueError(f"Text length {length} exceeds the model's context length {self.context_length}.")
+        return self.attn_mask[:length, :length]
+
+    def encode_image(self, image: Tensor) -> Tensor:
+        return self.visual(image.to(self.dtype))
+
+    def encode_text(self, text: Tensor) -> Tensor:
+        """Features of token ids [N, L]; the EOT token (largest id) of each row is projected."""
+        text = text.long()
+        return self.encode_text_embeddings(self.token_embedding(text), text.argmax(dim=-1))
+
+    def encode_text_embeddings(
+        self,
+        x: Tensor,
+        eot_indices: Tensor,
+        *,
+        layer_prompts: Optional[Mapping[int, Tensor]] = None,
+        truncate: bool = True,
+    ) -> Tensor:
+        """Features of token embeddings x ([N, L, W], no positional embedding yet).
+
+        Adds ``positional_embedding[:L]``, runs the causal transformer (text deep
+        prompts go right after SOS), applies ``ln_final``, takes the rows at
+        ``eot_indices`` and projects them. With ``truncate`` the sequence is first
+        cut after the last EOT: exact, since the causal mask hides later tokens.
+        """
+        if x.dim() != 3:
+            raise ValueError(f"Text embeddings must be [N, L, W], got shape {tuple(x.shape)}.")
+        length = x.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"Text length {length} exceeds the model's context length {self.context_length}.")
+        eot_indices = eot_indices.to(device=x.device, dtype=torch.long)
+        if truncate:
+            length = int(eot_indices.max()) + 1
+            x = x[:, :length]
+        x = x.to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
+        x = self.transformer(x, self.causal_mask(length), layer_prompts=layer_prompts, prompt_slot="after_sos")
+        x = self.ln_final(x).to(self.dtype)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_indices]
+        return x @ self.text_projection
+
+    def forward(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
+        """(logits_per_image [N_img, N_txt], logits_per_text [N_txt, N_img])."""
+        image_features = F.normalize(self.encode_image(image), dim=-1)
+        text_features = F.normalize(self.encode_text(text), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+        return logits_per_image, logits_per_image.t()
+
+
+# ---------------------------------------------------------------------------
+# Precision and construction from a state dict
+# ---------------------------------------------------------------------------
+
+
+def convert_weights(model: nn.Module) -> None:
+    """Cast to fp16 only what OpenAI casts: conv/linear params, attention projections, ``proj``/``text_projection``.
+
+    LayerNorm, BatchNorm, embeddings and ``logit_scale`` stay fp32.
+    """
+
+    def _convert(module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            module.weight.data = module.weight.data.half()
+            if module.bias is not None:
+                module.bias.data = module.bias.data.half()
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k", "bias_v"):
+            tensor = getattr(module, name, None)
+            if isinstance(tensor, Tensor):
+                tensor.data = tensor.data.half()
+        for name in ("text_projection", "proj"):
+            tensor = getattr(module, name, None)
+            if isinstance(tensor, Tensor):
+                tensor.data = tensor.data.half()
+
+    model.apply(_convert)
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """Architecture hyper-parameters, named as ``CLIP.__init__``'s arguments."""
+
+    embed_dim: int
+    image_resolution: int
+    vision_layers: Union[Tuple[int, int, int, int], int]
+    vision_width: int
+    vision_patch_size: Optional[int]
+    context_length: int
+    vocab_size: int
+    transformer_width: int
+    transformer_heads: int
+    transformer_layers: int
+
+    @property
+    def vision_heads(self) -> int:
+        if isinstance(self.vision_layers, tuple):
+            return self.vision_width * 32 // 64
+        return self.vision_width // 64
+
+
+def _require(state_dict: Mapping[str, Tensor], key: str) -> Tensor:
+    if key not in state_dict:
+        raise KeyError(
+            f"State dict has no key {key!r}; it does not look like an OpenAI CLIP checkpoint "
+            f"(first keys: {list(state_dict)[:5]}). Pass an OpenAI-format CLIP state dict."
+        )
+    return state_dict[key]
+
+
+def infer_config(state_dict: Mapping[str, Tensor]) -> CLIPConfig:
+    """Infer the architecture from tensor shapes (works with meta tensors). ViT iff ``visual.proj`` exists."""
+    if "visual.proj" in state_dict:
+        conv1 = _require(state_dict, "visual.conv1.weight")
+        vision_width = conv1.shape[0]
+        vision_layers: Union[int, Tuple[int, ...]] = len(
+            [k for k in state_dict if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")]
+        )
+        patch = conv1.shape[-1]
+        grid = round((_require(state_dict, "visual.positional_embedding").shape[0] - 1) ** 0.5)
+        image_resolution = patch * grid
+    else:
+        vision_layers = tuple(
+            len({k.split(".")[2] for k in state_dict if k.startswith(f"visual.layer{b}.")}) for b in (1, 2, 3, 4)
+        )
+        vision_width = _require(state_dict, "visual.layer1.0.conv1.weight").shape[0]
+        pos_len = _require(state_dict, "visual.attnpool.positional_embedding").shape[0]
+        out = round((pos_len - 1) ** 0.5)
+        if out**2 + 1 != pos_len:
+            raise ValueError(f"visual.attnpool.positional_embedding has {pos_len} rows; expected a square grid + 1.")
+        patch = None
+        image_resolution = 32 * out
+    transformer_width = _require(state_dict, "ln_final.weight").shape[0]
+    return CLIPConfig(
+        embed_dim=_require(state_dict, "text_projection").shape[1],
+        image_resolution=int(image_resolution),
+        vision_layers=vision_layers,  # type: ignore[arg-type]
+        vision_width=int(vision_width),
+        vision_patch_size=None if patch is None else int(patch),
+        context_length=_require(state_dict, "positional_embedding").shape[0],
+        vocab_size=_require(state_dict, "token_embedding.weight").shape[0],
+        transformer_width=transformer_width,
+        transformer_heads=transformer_width // 64,
+        transformer_layers=len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}),
+    )
+
+
+def build_model(state_dict: Mapping[str, Tensor]) -> CLIP:
+    """Build a CLIP from an OpenAI-format state dict: infer geometry, mixed fp16, strict load, eval mode.
+
+    The caller's dict is not modified.
+    """
+    config = infer_config(state_dict)
+    # Construct on the meta device and adopt the checkpoint's tensors: random init of a
+    # full-size model would take seconds only to be overwritten. Cloning keeps the model
+    # independent of the caller's dict.
+    with torch.device("meta"):
+        model = CLIP(**asdict(config))
+    weights = {k: v.detach().clone() for k, v in state_dict.items() if k not in EXTRA_KEYS}
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.reset_buffers()
+    model.float()  # whatever the file's dtypes, end with exactly OpenAI's mixed precision
+    convert_weights(model)
+    logger.debug("Built CLIP %s", config)
+    return model.eval()

@@ -1,0 +1,186 @@
+"""Extension points used by prompt learners: truncated text path, block slicing, deep prompts."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import clip
+from tests.clip.conftest import TEXTS, images_for
+
+
+def _record_block_io(transformer):
+    """Hooks that store each block's input and output, keyed by block index."""
+    inputs, outputs, handles = {}, {}, []
+    for i, block in enumerate(transformer.resblocks):
+        handles.append(block.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0].detach())))
+        handles.append(block.register_forward_hook(lambda m, args, out, i=i: outputs.__setitem__(i, out.detach())))
+    return inputs, outputs, handles
+
+
+def test_truncated_text_path_equals_full_length(vit_model):
+    tokens = clip.tokenize(TEXTS)
+    eot = tokens.argmax(-1)
+    assert int(eot.max()) + 1 < tokens.shape[1]  # truncation really happens
+    # Random "learned" embeddings, not just token embeddings, as a prompt learner would pass.
+    x = vit_model.token_embedding(tokens) + 0.1 * torch.randn(*tokens.shape, vit_model.transformer.width)
+    with torch.no_grad():
+        short = vit_model.encode_text_embeddings(x, eot, truncate=True)
+        full = vit_model.encode_text_embeddings(x, eot, truncate=False)
+    # fp32: equal up to summation-order rounding (features are O(1)).
+    torch.testing.assert_close(short, full, atol=1e-6, rtol=1e-6)
+    # float64 shows the cut is exact, not merely close.
+    m64 = copy.deepcopy(vit_model).double()
+    with torch.no_grad():
+        short64 = m64.encode_text_embeddings(x.double(), eot, truncate=True)
+        full64 = m64.encode_text_embeddings(x.double(), eot, truncate=False)
+    torch.testing.assert_close(short64, full64, atol=1e-12, rtol=0)
+
+
+def test_truncation_really_shortens_the_sequence(vit_model):
+    tokens = clip.tokenize(["a photo of a dog."])
+    inputs, _, handles = _record_block_io(vit_model.transformer)
+    try:
+        with torch.no_grad():
+            vit_model.encode_text(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    assert inputs[0].shape[1] == int(tokens.argmax()) + 1
+
+
+def test_encode_text_matches_manual_openai_computation(vit_model):
+    tokens = clip.tokenize(TEXTS)
+    m = vit_model
+    with torch.no_grad():
+        x = m.token_embedding(tokens) + m.positional_embedding
+        for block in m.transformer.resblocks:
+            x = block(x, m.causal_mask(77))
+        x = m.ln_final(x)[torch.arange(len(TEXTS)), tokens.argmax(-1)] @ m.text_projection
+        torch.testing.assert_close(m.encode_text(tokens), x, atol=1e-6, rtol=0)
+
+
+def test_causal_mask_values_and_not_in_state_dict(vit_model):
+    mask = vit_model.causal_mask(5)
+    assert mask.shape == (5, 5) and mask.dtype == torch.float32
+    assert torch.equal(mask, torch.full((5, 5), float("-inf")).triu(1))
+    assert "attn_mask" not in vit_model.state_dict()
+    with pytest.raises(ValueError, match="context length 77"):
+        vit_model.causal_mask(78)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_run_blocks_split_equals_full_forward(vit_model, k):
+    visual = vit_model.visual
+    images = images_for(vit_model)
+    prompts = torch.randn(2, visual.width)
+    layer_prompts = {1: torch.randn(2, visual.width)}
+    with torch.no_grad():
+        full = visual(images, prompts=prompts, layer_prompts=layer_prompts)
+        hidden = visual.run_blocks(visual.embed(images, prompts), end=k, layer_prompts=layer_prompts)
+        split = visual.head(visual.run_blocks(hidden, start=k, layer_prompts=layer_prompts))
+        plain = visual(images)
+    torch.testing.assert_close(split, full, atol=1e-6, rtol=0)
+    assert (full - plain).abs().max() > 1e-3  # the prompts matter
+
+
+def test_embed_appends_prompts_before_ln_pre(vit_model):
+    visual = vit_model.visual
+    images = images_for(vit_model, 2)
+    prompts = torch.randn(2, 3, visual.width)  # per-sample prompts [N, n, W]
+    with torch.no_grad():
+        x = visual.conv1(images).flatten(2).transpose(1, 2)
+        x = torch.cat([visual.class_embedding.expand(2, 1, -1), x], 1) + visual.positional_embedding
+        expected = visual.ln_pre(torch.cat([x, prompts], 1))
+        got = visual.embed(images, prompts)
+    assert got.shape == (2, 1 + visual.grid_size**2 + 3, visual.width)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_vision_layer_prompts_replace_last_tokens(vit_model):
+    visual = vit_model.visual
+    images = images_for(vit_model, 2)
+    n, width = 2, visual.width
+    shallow = torch.randn(n, width)
+    deep = {1: torch.randn(n, width)}
+    inputs, outputs, handles = _record_block_io(visual.transformer)
+    try:
+        with torch.no_grad():
+            out = visual(images, prompts=shallow, layer_prompts=deep)
+    finally:
+        for h in handles:
+            h.remove()
+    # Input of block 1: block 0's output with its last n tokens swapped for the deep prompts.
+    torch.testing.assert_close(inputs[1][:, -n:], deep[1].expand(2, n, width), atol=0, rtol=0)
+    torch.testing.assert_close(inputs[1][:, :-n], outputs[0][:, :-n], atol=0, rtol=0)
+    # Manual construction of the whole forward.
+    with torch.no_grad():
+        x = visual.embed(images, shallow)
+        x = visual.transformer.resblocks[0](x)
+        x = torch.cat([x[:, :-n], deep[1].expand(2, n, width)], 1)
+        x = visual.transformer.resblocks[1](x)
+        manual = visual.ln_post(x[:, 0]) @ visual.proj
+        other = visual(images, prompts=shallow, layer_prompts={1: torch.randn(n, width)})
+    torch.testing.assert_close(out, manual, atol=1e-6, rtol=0)
+    assert (out - other).abs().max() > 1e-3
+
+
+def test_text_layer_prompts_replace_tokens_after_sos(vit_model):
+    m = vit_model
+    n, width = 2, m.transformer.width
+    tokens = clip.tokenize(["X X a photo of a dog.", "X X cat."])
+    eot = tokens.argmax(-1)
+    x = m.token_embedding(tokens)
+    deep = {1: torch.randn(2, n, width)}  # per-sample prompts [N, n, W]
+    inputs, outputs, handles = _record_block_io(m.transformer)
+    try:
+        with torch.no_grad():
+            out = m.encode_text_embeddings(x, eot, layer_prompts=deep)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(inputs[1][:, 1 : 1 + n], deep[1], atol=0, rtol=0)
+    torch.testing.assert_close(inputs[1][:, :1], outputs[0][:, :1], atol=0, rtol=0)
+    torch.testing.assert_close(inputs[1][:, 1 + n :], outputs[0][:, 1 + n :], atol=0, rtol=0)
+    with torch.no_grad():
+        plain = m.encode_text_embeddings(x, eot)
+        length = int(eot.max()) + 1
+        h = (x + m.positional_embedding)[:, :length]
+        h = m.transformer.resblocks[0](h, m.causal_mask(length))
+        h = torch.cat([h[:, :1], deep[1], h[:, 1 + n :]], 1)
+        h = m.transformer.resblocks[1](h, m.causal_mask(length))
+        manual = m.ln_final(h)[torch.arange(2), eot] @ m.text_projection
+    torch.testing.assert_close(out, manual, atol=1e-6, rtol=0)
+    assert (out - plain).abs().max() > 1e-3
+
+
+def test_transformer_rejects_bad_arguments(vit_model):
+    x = torch.randn(1, 5, vit_model.transformer.width)
+    with pytest.raises(ValueError, match="prompt_slot"):
+        vit_model.transformer(x, prompt_slot="first")
+    with pytest.raises(ValueError, match="outside the block indices"):
+        vit_model.transformer(x, layer_prompts={7: torch.randn(1, x.shape[-1])})
+    with pytest.raises(ValueError, match="Block range"):
+        vit_model.transformer(x, start=2, end=1)
+    with pytest.raises(ValueError, match="do not fit"):
+        vit_model.transformer(x, layer_prompts={0: torch.randn(1, x.shape[-1] + 1)})
+
+
+@pytest.mark.parametrize("kind", ["vit", "rn"])
+def test_wrong_image_resolution_names_expected_size(kind, request):
+    model = request.getfixturevalue(f"{kind}_model")
+    res = model.visual.input_resolution
+    with pytest.raises(ValueError, match=f"{res}x{res}"):
+        model.encode_image(torch.randn(1, 3, 2 * res, 2 * res))
+
+
+def test_resnet_stem_and_stages(rn_model):
+    visual = rn_model.visual
+    images = images_for(rn_model, 2)
+    with torch.no_grad():
+        x = visual.stem(images)
+        assert x.shape[-1] == visual.input_resolution // 4
+        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+        torch.testing.assert_close(visual.attnpool(x), visual(images), atol=0, rtol=0)
+    assert visual.output_dim == rn_model.text_projection.shape[1]
