@@ -1,0 +1,514 @@
+"""Trainer lifecycle with Dassl's public names (TrainerBase -> SimpleTrainer -> TrainerX).
+
+A method subclasses `TrainerX`, implements `build_model` and `forward_backward`, and registers the
+modules it trains with `register_model`. Only registered modules are switched between train and eval
+mode, so frozen CLIP towers (and their BatchNorm statistics) stay in eval mode.
+
+Beyond Dassl: checkpoints carry the RNG state so that a resumed run is bit-identical to an
+uninterrupted one on CPU, a non-finite loss stops the run with the epoch and step, and every run
+writes `results.json` (accuracy and cost) and optionally `predictions.npz`.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.data import DataManager
+from engine.evaluation import build_evaluator
+from engine.registry import Registry
+from engine.utils import (
+    AverageMeter,
+    MetricMeter,
+    get_rng_state,
+    mkdir_if_missing,
+    set_rng_state,
+    write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+TRAINER_REGISTRY = Registry("TRAINER")
+
+
+def build_trainer(cfg) -> "TrainerBase":
+    """Instantiate the trainer named by `cfg.TRAINER.NAME`."""
+    name = cfg.TRAINER.NAME
+    if not name:
+        raise ValueError(
+            "No trainer given: pass --trainer NAME (one of: "
+            + ", ".join(sorted(TRAINER_REGISTRY.registered_names()))
+            + ")."
+        )
+    trainer_cls = TRAINER_REGISTRY.get(name)
+    logger.info("Loading trainer: %s", name)
+    return trainer_cls(cfg)
+
+
+def progress_bars_enabled() -> bool:
+    """tqdm bars only on an interactive terminal, never under CI."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def select_device(cfg) -> torch.device:
+    """cuda when available and allowed by `USE_CUDA`, otherwise cpu."""
+    if cfg.USE_CUDA and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class TrainerBase:
+    """Registry of trained modules, the epoch loop and checkpoint I/O."""
+
+    def __init__(self) -> None:
+        self._models: "OrderedDict[str, nn.Module]" = OrderedDict()
+        self._optims: "OrderedDict[str, Any]" = OrderedDict()
+        self._scheds: "OrderedDict[str, Any]" = OrderedDict()
+        self._writer = None
+        # Keys of a saved state dict that a trainer rebuilds itself (e.g. CoOp's class-name buffers).
+        self.checkpoint_ignored_keys: tuple[str, ...] = ()
+
+    # ----------------------------------------------------------------- registration
+    def register_model(self, name: str = "model", model: nn.Module | None = None, optim=None, sched=None) -> None:
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Cannot assign model before super().__init__() call")
+        if name in self._models:
+            raise KeyError(f"Model name '{name}' is already registered")
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names: str | Iterable[str] | None = None) -> list[str]:
+        all_names = list(self._models.keys())
+        if names is None:
+            return all_names
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            if name not in all_names:
+                raise KeyError(f"Unknown registered model '{name}' (registered: {all_names})")
+        return names
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result=None, model_name: str = "") -> None:
+        rng_state = get_rng_state()
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            state = {
+                "state_dict": self._models[name].state_dict(),
+                "epoch": epoch + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": val_result,
+                # Not in Dassl: what a resumed run needs to continue bit-identically.
+                "rng_state": rng_state,
+            }
+            save_checkpoint(state, os.path.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        """Resume every registered model from `directory/<name>/checkpoint`; return the next epoch."""
+        names = self.get_model_names()
+        if not names or not all(os.path.isfile(os.path.join(directory, n, "checkpoint")) for n in names):
+            logger.info("No checkpoint found, train from scratch")
+            return 0
+        start_epoch = 0
+        for name in names:
+            fdir = os.path.join(directory, name)
+            with open(os.path.join(fdir, "checkpoint")) as f:
+                fname = f.readline().strip()
+            fpath = os.path.join(fdir, fname)
+            logger.info("Resume %s from %s", name, fpath)
+            checkpoint = load_checkpoint(fpath)
+            self._models[name].load_state_dict(checkpoint["state_dict"])
+            if self._optims[name] is not None and checkpoint.get("optimizer") is not None:
+                self._optims[name].load_state_dict(checkpoint["optimizer"])
+            if self._scheds[name] is not None and checkpoint.get("scheduler") is not None:
+                self._scheds[name].load_state_dict(checkpoint["scheduler"])
+            if checkpoint.get("rng_state") is not None:
+                set_rng_state(checkpoint["rng_state"])
+            start_epoch = int(checkpoint["epoch"])
+            logger.info("Previous epoch: %d", start_epoch)
+        return start_epoch
+
+    def load_model(self, directory: str, epoch: int | None = None) -> None:
+        """Load `model-best.pth.tar` or `model.pth.tar-<epoch>` of every registered model."""
+        if not directory:
+            logger.warning("load_model() is skipped: no --model-dir given, the model keeps its initial weights")
+            return
+        fname = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            fpath = os.path.join(directory, name, fname)
+            if not os.path.exists(fpath):
+                folder = os.path.join(directory, name)
+                present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+                raise FileNotFoundError(
+                    f"Checkpoint not found: {fpath}. "
+                    + (f"Files in {folder}: {present}. " if present else f"{folder} does not exist. ")
+                    + "Check --model-dir (the training run's --output-dir) and --load-epoch (= the run's MAX_EPOCH)."
+                )
+            checkpoint = load_checkpoint(fpath)
+            state_dict = dict(checkpoint["state_dict"])
+            for key in self.checkpoint_ignored_keys:
+                state_dict.pop(key, None)
+            self._load_state_dict_checked(name, state_dict, fpath)
+            logger.info(
+                "Load %s to %s (epoch=%s, val_result=%s)",
+                fpath, name, checkpoint.get("epoch"), checkpoint.get("val_result"),
+            )
+
+    def _load_state_dict_checked(self, name: str, state_dict: Mapping[str, torch.Tensor], fpath: str) -> None:
+        """Non-strict only for the keys the trainer rebuilds itself; anything else is a clear error."""
+        model = self._models[name]
+        own = model.state_dict()
+        unexpected = [k for k in state_dict if k not in own]
+        missing = [k for k in own if k not in state_dict and k not in self.checkpoint_ignored_keys]
+        mismatched = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state_dict.items()
+            if k in own and tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if unexpected or missing or mismatched:
+            raise RuntimeError(
+                f"Checkpoint {fpath} does not fit the '{name}' module of trainer {type(self).__name__}. "
+                f"Unexpected keys: {unexpected[:8]}; missing keys: {missing[:8]}; shape mismatches: {mismatched[:8]}. "
+                "Was it saved by another trainer, backbone or prompt configuration (e.g. N_CTX, CTX_INIT, CSC)?"
+            )
+        model.load_state_dict(state_dict, strict=False)
+
+    # ----------------------------------------------------------------- modes and updates
+    def set_model_mode(self, mode: str = "train", names=None) -> None:
+        for name in self.get_model_names(names):
+            if mode == "train":
+                self._models[name].train()
+            elif mode in ("test", "eval"):
+                self._models[name].eval()
+            else:
+                raise KeyError(f"Unknown model mode '{mode}' (use 'train', 'eval' or 'test')")
+
+    def update_lr(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            epoch = getattr(self, "epoch", 0) + 1
+            max_epoch = getattr(self, "max_epoch", "?")
+            batch = getattr(self, "batch_idx", 0) + 1
+            num_batches = getattr(self, "num_batches", "?")
+            raise FloatingPointError(
+                f"Loss is infinite or NaN at epoch {epoch}/{max_epoch}, batch {batch}/{num_batches}. "
+                "Training stopped instead of continuing on NaN. Try a lower OPTIM.LR, or fp32/amp precision "
+                "(e.g. TRAINER.COOP.PREC fp32) if the run used fp16."
+            )
+
+    def init_writer(self, log_dir: str) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            logger.info("Initialize tensorboard (log_dir=%s)", log_dir)
+            self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+
+    def model_zero_grad(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss: torch.Tensor) -> None:
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+    # ----------------------------------------------------------------- loop
+    def train(self, start_epoch: int, max_epoch: int) -> None:
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()  # may move self.start_epoch forward when resuming
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_epoch(self) -> None:
+        pass
+
+    def after_epoch(self) -> None:
+        pass
+
+    def run_epoch(self) -> None:
+        raise NotImplementedError
+
+    def test(self, split: str | None = None):
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def forward_backward(self, batch) -> dict:
+        raise NotImplementedError
+
+    def model_inference(self, input):
+        raise NotImplementedError
+
+
+class SimpleTrainer(TrainerBase):
+    """Data, evaluator, test loop, epoch-end checkpointing and the run's results file."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.check_cfg(cfg)
+        self.device = select_device(cfg)
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+        self.cfg = cfg
+        self.train_time_s: float | None = None
+        self.test_time_s: float | None = None
+        self.last_test: dict | None = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, keep_outputs=True)
+        self.best_result = -np.inf
+
+    def check_cfg(self, cfg) -> None:
+        """Hook for trainer-specific assertions on the config."""
+
+    def build_data_loader(self) -> None:
+        dm = DataManager(self.cfg)
+        self.dm = dm
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+
+    def build_model(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
+
+    def train(self) -> None:  # type: ignore[override]
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self) -> None:
+        directory = self.cfg.RESUME or self.output_dir
+        self.start_epoch = self.resume_model_if_exist(directory)
+        writer_dir = os.path.join(self.output_dir, "tensorboard")
+        mkdir_if_missing(writer_dir)
+        self.init_writer(writer_dir)
+        self.time_start = time.time()
+
+    def after_epoch(self) -> None:
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        do_test = not self.cfg.TEST.NO_TEST
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = (self.epoch + 1) % freq == 0 if freq > 0 else False
+        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+            curr_result = self.test(split="val")
+            if curr_result > self.best_result:
+                self.best_result = curr_result
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    def after_train(self) -> None:
+        logger.info("Finish training")
+        self.train_time_s = time.time() - self.time_start
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                logger.info("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                logger.info("Deploy the last-epoch model")
+            self.test()
+        elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
+        logger.info("Elapsed: %s", elapsed)
+        self.close_writer()
+
+    @torch.no_grad()
+    def test(self, split: str | None = None) -> float:
+        """Evaluate on `split` (default TEST.SPLIT); return the accuracy."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split = split or self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            data_loader = self.val_loader
+        else:
+            split = "test"
+            data_loader = self.test_loader
+        logger.info("Evaluate on the *%s* set", split)
+        impaths: list[str] = []
+        t0 = time.time()
+        for batch in tqdm(data_loader, disable=not progress_bars_enabled()):
+            input, label = self.parse_batch_test(batch)
+            output = self.model_inference(input)
+            self.evaluator.process(output, label)
+            impaths.extend(batch["impath"])
+        results = self.evaluator.evaluate()
+        elapsed = time.time() - t0
+        for k, v in results.items():
+            if isinstance(v, (int, float)):
+                self.write_scalar(f"{split}/{k}", v, self.epoch)
+        if split == "test":
+            self.test_time_s = elapsed
+            self.last_test = {"results": dict(results), "impaths": impaths}
+            logits, labels = self.evaluator.outputs()
+            self.last_test["logits"], self.last_test["labels"] = logits, labels
+        return list(results.values())[0]
+
+    def model_inference(self, input):
+        return self.model(input)
+
+    def parse_batch_test(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def get_current_lr(self, names=None) -> float:
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+    # ----------------------------------------------------------------- results
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameters of the whole model the trainer runs."""
+        model = getattr(self, "model", None)
+        if model is None:
+            return 0, 0
+        params = list(model.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return trainable, sum(p.numel() for p in params)
+
+    def peak_memory(self) -> tuple[float, str]:
+        """Measured peak memory in MB and what was measured."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
+        # ru_maxrss is in KiB on Linux.
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+
+    def save_results(self, output_dir: str | None = None) -> dict:
+        """Write `results.json` (and `predictions.npz` with TEST.SAVE_PREDICTIONS) for the last test."""
+        output_dir = output_dir or self.output_dir
+        if self.last_test is None:
+            raise RuntimeError("save_results() called before test(): there is nothing to write")
+        cfg = self.cfg
+        results = self.last_test["results"]
+        trainable, total = self.parameter_counts()
+        peak_mb, peak_kind = self.peak_memory()
+        record = {
+            "trainer": cfg.TRAINER.NAME,
+            "dataset": cfg.DATASET.NAME,
+            "subsample": cfg.DATASET.SUBSAMPLE_CLASSES,
+            "shots": cfg.DATASET.NUM_SHOTS,
+            "seed": cfg.SEED,
+            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "num_classes": int(self.last_test["logits"].shape[1]),
+            "num_test": int(self.last_test["labels"].shape[0]),
+            "accuracy": float(results["accuracy"]),
+            "error_rate": float(results["error_rate"]),
+            "macro_f1": float(results["macro_f1"]),
+            "epochs": cfg.OPTIM.MAX_EPOCH,
+            "train_time_s": self.train_time_s,
+            "test_time_s": self.test_time_s,
+            "peak_memory_mb": round(peak_mb, 1),
+            "peak_memory_kind": peak_kind,
+            "trainable_params": trainable,
+            "total_params": total,
+            "device": self.device.type,
+        }
+        mkdir_if_missing(output_dir)
+        write_json(record, os.path.join(output_dir, "results.json"))
+        if cfg.TEST.SAVE_PREDICTIONS:
+            self._save_predictions(os.path.join(output_dir, "predictions.npz"))
+        return record
+
+    def _save_predictions(self, path: str) -> None:
+        root = os.path.abspath(os.path.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
+        impaths = [
+            os.path.relpath(p, root).replace(os.sep, "/") if root else p for p in self.last_test["impaths"]
+        ]
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                logits=np.asarray(self.last_test["logits"], dtype=np.float32),
+                labels=np.asarray(self.last_test["labels"], dtype=np.int64),
+                impaths=np.asarray(impaths, dtype=str),
+            )
+        os.replace(tmp, path)
+        logger.info("Predictions saved to %s", path)
+
+
+class TrainerX(SimpleTrainer):
+    """Trainer over labelled data only (train_loader_x)."""
+
+    def run_epoch(self) -> None:
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+                nb_remain = (self.num_batches - self.batch_idx - 1) + (
+                    self.max_epoch - self.epoch - 1
+                ) * self.num_batches
+                eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
+                logger.info(
+                    "epoch [%d/%d] batch [%d/%d] time %.3f (%.3f) data %.3f (%.3f) %s lr %.4e eta %s",
+                    self.epoch + 1, self.max_epoch, self.batch_idx + 1, self.num_batches,
+                    batch_time.val, batch_time.avg, data_time.val, data_time.avg,
+                    losses, self.get_current_lr(), eta,
+                )
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.avg, n_iter)
+            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            end = time.time()
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device), batch["domain"].to(self.device)

@@ -1,0 +1,144 @@
+"""Pieces every CLIP trainer shares: loading CLIP for a config, templates, text features, logits.
+
+Methods compose these instead of copying them (the originals copy CLIP and the text encoder into
+every method file).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+import clip
+
+logger = logging.getLogger(__name__)
+
+# One hand-written template per dataset (CoOp's zero-shot CLIP), keyed by DATASET.NAME.
+CUSTOM_TEMPLATES = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+# The 7-template ensemble CoOp's ZeroshotCLIP2 uses (picked from CLIP's ImageNet prompt list).
+IMAGENET_TEMPLATES_SELECT = [
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+]
+
+PRECISIONS = ("fp16", "fp32", "amp")
+
+
+def template_for(dataset_name: str) -> str:
+    """The dataset's zero-shot template; datasets not in the table use 'a photo of a {}.'."""
+    return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
+
+
+def clean_classname(name: str) -> str:
+    """Class names are stored with underscores; prompts use spaces."""
+    return name.replace("_", " ")
+
+
+def load_clip_to_cpu(cfg) -> nn.Module:
+    """The CLIP named by MODEL.BACKBONE.NAME (a known name or a checkpoint path), on CPU.
+
+    Returned in OpenAI's mixed precision (fp16 matmul weights), like CoOp's `load_clip_to_cpu`;
+    trainers call `.float()` for fp32/amp. The input size must equal the model's resolution.
+    """
+    name = cfg.MODEL.BACKBONE.NAME
+    if not name:
+        raise ValueError(
+            "MODEL.BACKBONE.NAME is empty: give a CLIP name (e.g. ViT-B/16) or a checkpoint path, "
+            "in the trainer config or as 'MODEL.BACKBONE.NAME <name>' on the command line."
+        )
+    state_dict = clip.load_state_dict(name)
+    model = clip.build_model(state_dict)
+    resolution = model.visual.input_resolution
+    size = tuple(cfg.INPUT.SIZE)
+    if size[0] != resolution:
+        raise ValueError(
+            f"INPUT.SIZE {size} does not match the input resolution {resolution} of CLIP '{name}'. "
+            f"Set 'INPUT.SIZE ({resolution}, {resolution})'."
+        )
+    return model
+
+
+def check_precision(prec: str, key: str) -> None:
+    if prec not in PRECISIONS:
+        raise ValueError(f"{key} must be one of {PRECISIONS}, got '{prec}'")
+
+
+def autocast_context(prec: str, device: torch.device):
+    """Autocast for PREC amp: fp16 on CUDA, bf16 on CPU (CPU has no fast fp16); a no-op otherwise."""
+    if prec != "amp":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(prec: str, device: torch.device):
+    """A GradScaler for fp16 autocast on CUDA; bf16 on CPU needs none."""
+    if prec == "amp" and device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def cosine_logits(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    text_normalized: bool = False,
+) -> torch.Tensor:
+    """CLIP's classifier: exp(logit_scale) * normalize(img) @ normalize(text).T.
+
+    `text_normalized=True` skips re-normalising features that already are (as the originals do
+    for precomputed class features), so fp16 results match theirs bit for bit.
+    """
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    if not text_normalized:
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    return logit_scale.exp() * image_features @ text_features.t()
+
+
+@torch.no_grad()
+def text_features_for_templates(
+    clip_model: nn.Module,
+    classnames: Sequence[str],
+    templates: Iterable[str],
+    device: torch.device,
+) -> torch.Tensor:
+    """L2-normalised class text features, averaged over templates and normalised again.
+
+    With a single template this is just that template's normalised features.
+    """
+    per_template = []
+    for template in templates:
+        prompts = [template.format(clean_classname(c)) for c in classnames]
+        tokens = clip.tokenize(prompts).to(device)
+        features = clip_model.encode_text(tokens)
+        per_template.append(features / features.norm(dim=-1, keepdim=True))
+    if len(per_template) == 1:
+        return per_template[0]
+    mean = torch.stack(per_template).mean(dim=0)
+    return mean / mean.norm(dim=-1, keepdim=True)
