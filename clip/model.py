@@ -459,7 +459,7 @@ class CLIP(nn.Module):
         eot_indices: Tensor,
         *,
         layer_prompts: Optional[Mapping[int, Tensor]] = None,
-        truncate: bool = True,
+        truncate: Optional[bool] = None,
     ) -> Tensor:
         """Features of token embeddings x ([N, L, W], no positional embedding yet).
 
@@ -467,6 +467,11 @@ class CLIP(nn.Module):
         prompts go right after SOS), applies ``ln_final``, takes the rows at
         ``eot_indices`` and projects them. With ``truncate`` the sequence is first
         cut after the last EOT: exact, since the causal mask hides later tokens.
+
+        ``truncate=None`` (default) truncates when the model runs in fp32, where the
+        result equals the full-length forward to float rounding. In fp16 the attention
+        kernels round differently for 8 and for 77 keys, so the full context is kept
+        there: fp16 features then equal the original implementations' bit for bit.
         """
         if x.dim() != 3:
             raise ValueError(f"Text embeddings must be [N, L, W], got shape {tuple(x.shape)}.")
@@ -474,6 +479,8 @@ class CLIP(nn.Module):
         if length > self.context_length:
             raise ValueError(f"Text length {length} exceeds the model's context length {self.context_length}.")
         eot_indices = eot_indices.to(device=x.device, dtype=torch.long)
+        if truncate is None:
+            truncate = self.dtype == torch.float32
         if truncate:
             length = int(eot_indices.max()) + 1
             x = x[:, :length]

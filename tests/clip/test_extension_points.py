@@ -38,6 +38,26 @@ def test_truncated_text_path_equals_full_length(vit_model):
     torch.testing.assert_close(short64, full64, atol=1e-12, rtol=0)
 
 
+def test_fp16_default_keeps_the_full_context_for_bitwise_parity(vit_model):
+    """fp16 attention rounds differently over 8 and 77 keys, so the default keeps all 77 there:
+    features then equal the full-length (original) computation exactly, not just closely."""
+    tokens = clip.tokenize(TEXTS)
+    m16 = copy.deepcopy(vit_model)
+    clip.convert_weights(m16)
+    assert m16.dtype == torch.float16
+    inputs, _, handles = _record_block_io(m16.transformer)
+    try:
+        with torch.no_grad():
+            default = m16.encode_text(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    assert inputs[0].shape[1] == 77
+    with torch.no_grad():
+        full = m16.encode_text_embeddings(m16.token_embedding(tokens), tokens.argmax(-1), truncate=False)
+    assert torch.equal(default, full)
+
+
 def test_truncation_really_shortens_the_sequence(vit_model):
     tokens = clip.tokenize(["a photo of a dog."])
     inputs, _, handles = _record_block_io(vit_model.transformer)
