@@ -66,6 +66,15 @@ def select_device(cfg) -> torch.device:
     """cuda when available and allowed by `USE_CUDA`, otherwise cpu."""
     if cfg.USE_CUDA and torch.cuda.is_available():
         return torch.device("cuda")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cfg.USE_CUDA and visible not in (None, "", "-1"):
+        # Asked for GPUs that torch cannot see: say so instead of a silent (slow) CPU run.
+        logger.warning(
+            "CUDA_VISIBLE_DEVICES=%s but no CUDA device is usable (wrong GPU id, driver or CPU-only torch): "
+            "running on CPU. Check `nvidia-smi` and the GPU ids, or set USE_CUDA False to silence this.",
+            visible,
+        )
+    logger.info("Device: cpu")
     return torch.device("cpu")
 
 

@@ -304,3 +304,50 @@ def test_missing_checkpoint_names_the_file_and_what_exists(caltech_root, tiny_cl
                      flags=("--eval-only", "--model-dir", str(model_dir), "--load-epoch", "50"))
     with pytest.raises(FileNotFoundError, match=r"model\.pth\.tar-50.*model\.pth\.tar-1"):
         run_train(argv)
+
+
+@pytest.mark.parametrize("prec,ctx_dtype", [("fp16", torch.float16), ("amp", torch.float32)])
+def test_fp16_and_amp_precisions_train_the_context(caltech_root, tiny_clip_path, tmp_path, prec, ctx_dtype):
+    argv = coop_argv(caltech_root, tiny_clip_path, tmp_path, "TRAINER.COOP.PREC", prec, "OPTIM.LR", "0.05", epochs=2)
+    trainer = build_coop_trainer(argv)
+    learner = trainer.model.prompt_learner
+    assert learner.ctx.dtype == ctx_dtype  # fp16: the original's fp16 parameters updated by SGD directly
+    assert trainer.model.clip_model.dtype == (torch.float16 if prec == "fp16" else torch.float32)
+    before = learner.ctx.detach().clone()
+    trainer.train()
+    assert torch.isfinite(learner.ctx).all() and not torch.equal(learner.ctx, before)
+    assert trainer.last_test is not None and 0.0 <= trainer.last_test["results"]["accuracy"] <= 100.0
+
+
+def test_best_val_keeps_and_deploys_the_best_validation_epoch(caltech_root, tiny_clip_path, tmp_path):
+    out = tmp_path / "run"
+    argv = coop_argv(caltech_root, tiny_clip_path, out, "TEST.FINAL_MODEL", "best_val", "OPTIM.LR", "0.05", epochs=3)
+    trainer = build_coop_trainer(argv)
+    val_scores = []
+    original_test = trainer.test
+
+    def recording_test(split=None):
+        result = original_test(split)
+        if split == "val":
+            val_scores.append(result)
+        return result
+
+    trainer.test = recording_test
+    trainer.train()
+    assert len(val_scores) == 3
+    best = torch.load(out / "prompt_learner" / "model-best.pth.tar", weights_only=True)
+    assert best["val_result"] == max(val_scores)
+    assert best["epoch"] == 1 + val_scores.index(max(val_scores))
+    # The final test ran with the best epoch's context.
+    assert torch.equal(trainer.model.prompt_learner.ctx.detach(), best["state_dict"]["ctx"])
+
+
+def test_requested_gpu_that_does_not_exist_is_reported(monkeypatch, caplog):
+    from engine.config import get_cfg_default
+    from engine.trainer import select_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert select_device(get_cfg_default()).type == "cpu"
+    assert "CUDA_VISIBLE_DEVICES=7" in caplog.text and "running on CPU" in caplog.text
