@@ -32,6 +32,10 @@ class Caltech101(DatasetBase):
 
     dataset_dir = "caltech-101"
     docs_anchor = "caltech101"
+    required_paths = ("101_ObjectCategories",)
+    split_file = "split_zhou_Caltech101.json"
+    generates_split = True
+    official_counts = {"classes": 100, "train": 4128, "val": 1649, "test": 2465}
 
     def __init__(self, cfg) -> None:
         self.dataset_dir = self.resolve_dataset_dir(cfg)

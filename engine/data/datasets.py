@@ -161,6 +161,19 @@ class DatasetBase:
     dataset_dir: str = ""
     domains: list[str] = []
     docs_anchor: str = ""
+    # What the dataset doctor (`python -m datasets.doctor`) checks before building the dataset:
+    # paths (relative to dataset_dir) that must exist, the split file if the dataset reads one
+    # (None: no split file; a missing one is generated on first use when `generates_split`),
+    # and the official sizes ("classes", "train", "val", "test"), compared with a warning only.
+    required_paths: tuple[str, ...] = ()
+    split_file: str | None = None
+    generates_split: bool = False
+    official_counts: dict[str, int] = {}
+
+    @classmethod
+    def extra_checks(cls, dataset_dir: str) -> list[str]:
+        """Dataset-specific layout problems found by the doctor (each an error message)."""
+        return []
 
     def __init__(
         self,
