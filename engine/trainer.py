@@ -310,7 +310,9 @@ class SimpleTrainer(TrainerBase):
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
+        self.wall_start = time.time()
         self.train_time_s: float | None = None
+        self.train_images_seen = 0  # images through forward_backward, for throughput
         self.test_time_s: float | None = None
         self.last_test: dict | None = None
         if self.device.type == "cuda":
@@ -461,13 +463,26 @@ class SimpleTrainer(TrainerBase):
             "peak_memory_kind": peak_kind,
             "trainable_params": trainable,
             "total_params": total,
+            "train_images_per_s": (
+                round(self.train_images_seen / self.train_time_s, 2)
+                if self.train_time_s and self.train_images_seen else None
+            ),
+            "test_images_per_s": (
+                round(len(self.last_test["impaths"]) / self.test_time_s, 2) if self.test_time_s else None
+            ),
+            "wall_time_s": round(time.time() - self.wall_start, 3),
             "device": self.device.type,
         }
+        record.update(self.extra_results())
         mkdir_if_missing(output_dir)
         write_json(record, os.path.join(output_dir, "results.json"))
         if cfg.TEST.SAVE_PREDICTIONS:
             self._save_predictions(os.path.join(output_dir, "predictions.npz"))
         return record
+
+    def extra_results(self) -> dict:
+        """Method-specific entries for results.json (e.g. a differently measured training time)."""
+        return {}
 
     def _save_predictions(self, path: str) -> None:
         root = os.path.abspath(os.path.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
@@ -500,6 +515,7 @@ class TrainerX(SimpleTrainer):
         for self.batch_idx, batch in enumerate(self.train_loader_x):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
+            self.train_images_seen += len(batch["label"])
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:

@@ -114,6 +114,10 @@ def test_results_json_records_accuracy_and_cost(caltech_root, tiny_clip_path, tm
     assert record["total_params"] > 100 * record["trainable_params"]
     assert record["peak_memory_kind"] == "cpu_peak_rss" and record["peak_memory_mb"] > 0
     assert record["train_time_s"] > 0 and record["test_time_s"] > 0
+    # One epoch over 24 training images, 12 test images.
+    assert record["train_images_per_s"] == pytest.approx(24 / record["train_time_s"], rel=0.01)
+    assert record["test_images_per_s"] == pytest.approx(12 / record["test_time_s"], rel=0.01)
+    assert record["wall_time_s"] >= record["train_time_s"] + record["test_time_s"]
     assert 0.0 <= record["accuracy"] <= 100.0
     log = (out / "log.txt").read_text()
     assert "Finish training" in log and f"* accuracy: {record['accuracy']:.1f}%" in log
