@@ -109,6 +109,17 @@ def _build_defaults() -> CfgNode:
     _C.DATASET.SUBSAMPLE_CLASSES = "all"
     # Ours: where few-shot split caches are written ("" = <dataset_dir>/split_fewshot).
     _C.DATASET.FEWSHOT_CACHE_DIR = ""
+    # Ours: VTAB-1K split protocol, "train800val200" (train on 1000, test on test.txt) or
+    # "train800" (hyper-parameter search: train on train800, val = test = val200).
+    _C.DATASET.VTAB = CN()
+    _C.DATASET.VTAB.PROTOCOL = "train800val200"
+    # Ours: the generic `Custom` dataset (a user's image-folder tree or CSV), see DATASETS.md#your-own-data.
+    _C.DATASET.CUSTOM = CN()
+    _C.DATASET.CUSTOM.DIR = ""  # folder under DATASET.ROOT (or absolute) holding <class>/<image> folders
+    _C.DATASET.CUSTOM.CSV = ""  # CSV file (path,label[,classname][,split]); relative to DATASET.ROOT
+    _C.DATASET.CUSTOM.SPLIT_FILE = "split_custom.json"  # CoOp-format split, read or generated, in the dataset folder
+    _C.DATASET.CUSTOM.P_TRAIN = 0.5  # generated split: train fraction per class
+    _C.DATASET.CUSTOM.P_VAL = 0.2  # generated split: val fraction per class (the rest is test)
 
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4

@@ -319,6 +319,36 @@ class DatasetBase:
             )
         return path
 
+    def require_file(self, path: str, what: str = "file") -> str:
+        """Raise a clear error if the file `path` (inside the dataset folder) is missing."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{type(self).__name__}: expected {what} {path} is missing. See {self.docs_ref()}."
+            )
+        return path
+
+    def read_lines(self, path: str, missing_message: str = "") -> list[str]:
+        """Stripped, non-blank lines of a text file (CRLF-safe); a missing file raises a clear error."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                (missing_message or f"{type(self).__name__}: expected file {path} is missing.")
+                + f" See {self.docs_ref()}."
+            )
+        with open(path, "r", encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+
+    @classmethod
+    def missing_raw_files(cls, dataset_dir: str, rel_paths: Sequence[str]) -> list[str]:
+        """Doctor messages for the raw annotation files needed to generate a missing split file."""
+        if cls.split_file and os.path.isfile(os.path.join(dataset_dir, cls.split_file)):
+            return []  # the split file is the source of truth; raw annotations are not read
+        return [
+            f"{os.path.join(dataset_dir, rel)} is missing; it is needed to generate {cls.split_file} "
+            f"(or download CoOp's {cls.split_file} instead). See {cls.docs_ref()}."
+            for rel in rel_paths
+            if not os.path.isfile(os.path.join(dataset_dir, rel))
+        ]
+
     # ------------------------------------------------------------------ split JSON (CoOp format)
     @classmethod
     def read_split(cls, filepath: str, path_prefix: str) -> tuple[list[Datum], list[Datum], list[Datum]]:

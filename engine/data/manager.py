@@ -9,7 +9,7 @@ import torchvision.transforms as T
 from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset
 
-from engine.data.datasets import DatasetBase, Datum, build_dataset
+from engine.data.datasets import DatasetBase, DatasetError, Datum, build_dataset
 from engine.data.samplers import build_sampler
 from engine.data.transforms import INTERPOLATION_MODES, build_transform
 from engine.utils import read_image
@@ -107,6 +107,22 @@ def build_data_loader(
     return loader
 
 
+def _check_splits_not_empty(cfg, dataset: DatasetBase) -> None:
+    """Refuse to train on an empty test split, or on a val split that exists but holds nothing."""
+    problems = []
+    if not dataset.test:
+        problems.append("test")
+    if dataset.val is not None and len(dataset.val) == 0:
+        problems.append("val")
+    if problems:
+        raise DatasetError(
+            f"DATASET.NAME={cfg.DATASET.NAME!r} (DATASET.ROOT={cfg.DATASET.ROOT}): the {' and '.join(problems)} "
+            f"split is empty, so there is nothing to evaluate on. Check the dataset's split file and image "
+            f"folders (python -m datasets.doctor --root {cfg.DATASET.ROOT or '<root>'} --dataset "
+            f"{cfg.DATASET.NAME}); see {dataset.docs_ref()}."
+        )
+
+
 class DataManager:
     """Builds the dataset named by cfg.DATASET.NAME and its train_x / train_u / val / test loaders."""
 
@@ -118,6 +134,7 @@ class DataManager:
         dataset_wrapper: type | None = None,
     ) -> None:
         dataset = build_dataset(cfg)
+        _check_splits_not_empty(cfg, dataset)
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)

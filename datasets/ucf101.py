@@ -1,0 +1,107 @@
+"""UCF101 (Soomro et al., 2012) as used by CoOp: the middle frame of each video, 101 actions.
+
+Layout under DATASET.ROOT (see DATASETS.md#ucf101)::
+
+    ucf101/
+      UCF-101-midframes/<Split_Action_Name>/v_<Action>_gXX_cYY.jpg
+      split_zhou_UCF101.json       (CoOp's split; generated and saved when missing)
+      ucfTrainTestlist/            (only needed to generate the split)
+        classInd.txt               (<1-based id> <CamelCaseAction>)
+        trainlist01.txt            (<Action>/v_..._cYY.avi <id>)
+        testlist01.txt             (<Action>/v_..._cYY.avi)
+      split_fewshot/               (few-shot caches, written on first use)
+
+`ApplyEyeMakeup` is split at capitals into `Apply_Eye_Makeup`, both the class name and the
+image sub-folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum
+
+__all__ = ["UCF101", "split_action_name"]
+
+RAW_FILES = ("ucfTrainTestlist/classInd.txt", "ucfTrainTestlist/trainlist01.txt", "ucfTrainTestlist/testlist01.txt")
+
+
+def split_action_name(action: str) -> str:
+    """`ApplyEyeMakeup` -> `Apply_Eye_Makeup`: the capitalised words joined with `_`."""
+    return "_".join(re.findall(r"[A-Z][^A-Z]*", action))
+
+
+@DATASET_REGISTRY.register()
+class UCF101(DatasetBase):
+    """UCF101 mid-frames with CoOp's split file (80/20 train/val from trainlist01, testlist01 as test)."""
+
+    dataset_dir = "ucf101"
+    docs_anchor = "ucf101"
+    required_paths = ("UCF-101-midframes",)
+    split_file = "split_zhou_UCF101.json"
+    generates_split = True
+    official_counts = {"classes": 101, "train": 7639, "val": 1898, "test": 3783}
+
+    @classmethod
+    def extra_checks(cls, dataset_dir: str) -> list[str]:
+        """Without the split file, the official list files are needed to generate it."""
+        if os.path.isfile(os.path.join(dataset_dir, cls.split_file)):
+            return []
+        missing = [f for f in RAW_FILES if not os.path.isfile(os.path.join(dataset_dir, f))]
+        if not missing:
+            return []
+        return [
+            f"{os.path.join(dataset_dir, cls.split_file)} is missing and so are {missing}, needed to generate it. "
+            f"Download CoOp's split_zhou_UCF101.json. See {cls.docs_ref()}."
+        ]
+
+    def __init__(self, cfg) -> None:
+        self.dataset_dir = self.resolve_dataset_dir(cfg)
+        self.image_dir = self.require_dir(os.path.join(self.dataset_dir, "UCF-101-midframes"), "image folder")
+        self.split_path = os.path.join(self.dataset_dir, self.split_file)
+
+        if os.path.exists(self.split_path):
+            train, val, test = self.read_split(self.split_path, self.image_dir)
+        else:
+            cname2lab = {}
+            for line in self._read_lines(RAW_FILES[0]):
+                label, _, action = line.partition(" ")
+                cname2lab[action.strip()] = int(label) - 1  # 1-based in the file
+            trainval = self.read_data(cname2lab, RAW_FILES[1])
+            test = self.read_data(cname2lab, RAW_FILES[2])
+            train, val = self.split_trainval(trainval)
+            self.save_split(train, val, test, self.split_path, self.image_dir)
+
+        train, val = self.load_or_generate_fewshot(cfg, self.dataset_dir, train, val)
+        train, val, test = self.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        super().__init__(train_x=train, val=val, test=test)
+
+    def _read_lines(self, filename: str) -> list[str]:
+        """Stripped non-blank lines of `dataset_dir/filename`; a missing file names the fix."""
+        path = os.path.join(self.dataset_dir, filename)
+        return self.read_lines(
+            path,
+            f"UCF101: neither {self.split_path} nor {path} (needed to generate it) exists. Download "
+            f"CoOp's split_zhou_UCF101.json into {self.dataset_dir}.",
+        )
+
+    def read_data(self, cname2lab: dict[str, int], text_file: str) -> list[Datum]:
+        """Items of a list file: `Action/v_x.avi [id]` -> UCF-101-midframes/<Split_Action>/v_x.jpg."""
+        items = []
+        for line in self._read_lines(text_file):
+            action, _, filename = line.split(" ")[0].partition("/")
+            if action not in cname2lab:
+                raise DatasetError(
+                    f"UCF101: {text_file} lists {line!r}, whose action {action!r} is not in classInd.txt. "
+                    f"See {self.docs_ref()}."
+                )
+            renamed = split_action_name(action)
+            impath = os.path.join(self.image_dir, renamed, filename.replace(".avi", ".jpg"))
+            try:
+                items.append(Datum(impath=impath, label=cname2lab[action], classname=renamed))
+            except FileNotFoundError as exc:
+                raise DatasetError(
+                    f"UCF101: {text_file} lists {impath}, which does not exist. Is UCF-101-midframes complete? "
+                    f"See {self.docs_ref()}."
+                ) from exc
+        return items
