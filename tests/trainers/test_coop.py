@@ -355,3 +355,21 @@ def test_requested_gpu_that_does_not_exist_is_reported(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         assert select_device(get_cfg_default()).type == "cpu"
     assert "CUDA_VISIBLE_DEVICES=7" in caplog.text and "running on CPU" in caplog.text
+
+
+def test_cross_dataset_evaluation_rebuilds_prompts_for_the_target_classes(caltech_root, tiny_clip_path, tmp_path):
+    """Train on one dataset, evaluate the same context on another with a different class set."""
+    from tests.factories.coop_datasets_a import make_dtd_tree
+
+    source = tmp_path / "source"
+    run_train(coop_argv(caltech_root, tiny_clip_path, source, epochs=1))
+    make_dtd_tree(caltech_root)  # a second dataset under the same root
+    target = tmp_path / "target"
+    argv = coop_argv(caltech_root, tiny_clip_path, target, "TEST.SAVE_PREDICTIONS", "True",
+                     flags=("--eval-only", "--model-dir", str(source), "--load-epoch", "1"))
+    argv[argv.index(config_path("datasets", "caltech101.yaml"))] = config_path("datasets", "dtd.yaml")
+    record = run_train(argv)
+    assert record["dataset"] == "DescribableTextures" and record["num_classes"] != 6
+    preds = np.load(target / "predictions.npz")
+    assert preds["logits"].shape[1] == record["num_classes"]
+    assert all(p.startswith("dtd/images/") for p in preds["impaths"])
