@@ -15,20 +15,17 @@ relative to the dataset folder) and the original CoOp files (absolute paths, Das
 
 Command-line helpers (run from the repository root)::
 
-    python -m datasets.imagenet --write-classnames $DATA          # classnames.txt from open_clip's names
-    python -m datasets.imagenet --sort-val $DATA --val-labels LOC_val_solution.csv
+    python -m datasets.prepare_imagenet --write-classnames $DATA          # classnames.txt from open_clip's names
+    python -m datasets.prepare_imagenet --sort-val $DATA --val-labels LOC_val_solution.csv
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import os
 import pickle
 import re
 import shutil
-import sys
-import warnings
 from collections import OrderedDict
 
 from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum
@@ -38,19 +35,6 @@ from engine.utils import atomic_write_bytes, listdir_nohidden
 __all__ = ["ImageNet", "read_classnames", "write_classnames", "sort_val_into_folders", "main"]
 
 logger = logging.getLogger(__name__)
-
-# `python -m datasets.imagenet` imports the `datasets` package first, which already imports (and
-# registers) this module; runpy then warns that it is about to run it a second time as __main__.
-# That second run only delegates to the imported module (just below), so the warning
-# is noise; silence exactly that message.
-warnings.filterwarnings("ignore", message=r"'datasets\.imagenet' found in sys\.modules", category=RuntimeWarning)
-
-if __name__ == "__main__":
-    # Run as a script: delegate to the imported module rather than defining and registering the
-    # dataset class a second time (the registry refuses duplicate names).
-    from datasets.imagenet import main as _main
-
-    sys.exit(_main())
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 WNID_PATTERN = re.compile(r"^n\d{8}$")
@@ -66,7 +50,7 @@ def read_classnames(text_file: str, docs_ref: str = "DATASETS.md#imagenet") -> "
     if not os.path.isfile(text_file):
         raise FileNotFoundError(
             f"Class-name file not found: {text_file}. It lists '<wnid> <class name>' per class; create it "
-            f"with `python -m datasets.imagenet --write-classnames <DATASET.ROOT>`. See {docs_ref}."
+            f"with `python -m datasets.prepare_imagenet --write-classnames <DATASET.ROOT>`. See {docs_ref}."
         )
     classnames: OrderedDict[str, str] = OrderedDict()
     with open(text_file, "r", encoding="utf-8") as f:
@@ -133,7 +117,7 @@ class ImageNet(DatasetBase):
             if missing:
                 problems.append(
                     f"{text_file} has no entry for {len(missing)} train folder(s), e.g. {missing[:3]}. "
-                    f"Rewrite it with `python -m datasets.imagenet --write-classnames <DATASET.ROOT> --force`. "
+                    f"Rewrite it with `python -m datasets.prepare_imagenet --write-classnames <DATASET.ROOT> --force`. "
                     f"See {cls.docs_ref()}."
                 )
         return problems
@@ -145,7 +129,7 @@ class ImageNet(DatasetBase):
         if not loose:
             return None
         fix = (
-            f"Sort them into <wnid>/ folders, e.g. `python -m datasets.imagenet --sort-val <DATASET.ROOT> "
+            f"Sort them into <wnid>/ folders, e.g. `python -m datasets.prepare_imagenet --sort-val <DATASET.ROOT> "
             f"--val-labels LOC_val_solution.csv`. See {cls.docs_ref()}."
         )
         if not _class_folders(val_dir):
@@ -186,7 +170,7 @@ class ImageNet(DatasetBase):
         if unknown:
             raise DatasetError(
                 f"ImageNet: folder(s) {unknown[:3]} in {split_path} have no entry in classnames.txt "
-                f"({len(unknown)} missing). Rewrite it with `python -m datasets.imagenet --write-classnames "
+                f"({len(unknown)} missing). Rewrite it with `python -m datasets.prepare_imagenet --write-classnames "
                 f"<DATASET.ROOT> --force`. See {self.docs_ref()}."
             )
         items = []
@@ -332,30 +316,3 @@ def sort_val_into_folders(root: str, labels_file: str) -> int:
         os.makedirs(os.path.join(val_dir, wnid), exist_ok=True)
         os.replace(os.path.join(val_dir, name), os.path.join(val_dir, wnid, name))
     return len(names)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.imagenet", description="ImageNet preparation helpers.")
-    parser.add_argument("--write-classnames", metavar="ROOT", help="write ROOT/imagenet/classnames.txt")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing classnames.txt")
-    parser.add_argument("--also-variants", action="store_true",
-                        help="copy classnames.txt into the ImageNet variant folders found under ROOT")
-    parser.add_argument("--sort-val", metavar="ROOT", help="sort ROOT/imagenet/images/val into wnid folders")
-    parser.add_argument("--val-labels", metavar="FILE",
-                        help="LOC_val_solution.csv (Kaggle) or a text file of '<image> <wnid>' lines")
-    args = parser.parse_args(argv)
-    if not args.write_classnames and not args.sort_val:
-        parser.error("nothing to do: pass --write-classnames ROOT and/or --sort-val ROOT --val-labels FILE")
-    try:
-        if args.sort_val:
-            if not args.val_labels:
-                parser.error("--sort-val needs --val-labels FILE")
-            moved = sort_val_into_folders(args.sort_val, args.val_labels)
-            print(f"Moved {moved} val images into class folders.")
-        if args.write_classnames:
-            for path in write_classnames(args.write_classnames, force=args.force, also_variants=args.also_variants):
-                print(f"Wrote {path}")
-    except (OSError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0

@@ -12,7 +12,8 @@ import pytest
 
 import datasets  # noqa: F401  (registers the datasets)
 from datasets import imagenet as imagenet_module
-from datasets.imagenet import ImageNet, main, sort_val_into_folders, write_classnames
+from datasets.imagenet import ImageNet, sort_val_into_folders, write_classnames
+from datasets.prepare_imagenet import main
 from engine.data import DatasetBase, DatasetError, build_dataset
 from engine.data.datasets import load_fewshot_pickle
 from tests.factories.coop_datasets_b import WNIDS, dataset_cfg, make_imagenet_tree
