@@ -18,6 +18,7 @@ import trainers  # noqa: F401  (registers the trainers)
 from engine import TRAINER_REGISTRY, build_trainer, get_cfg_default
 from engine.config import cfg_to_yaml, merge_from_file, merge_from_list
 from engine.utils import collect_env_info, mkdir_if_missing, set_random_seed, setup_logger
+from trainers.common import resolve_input_size
 
 logger = logging.getLogger("train")
 
@@ -92,6 +93,7 @@ def setup_cfg(args: argparse.Namespace):
         merge_from_file(cfg, args.config_file)
     reset_cfg(cfg, args)
     merge_from_list(cfg, args.opts or [])
+    resolve_input_size(cfg)  # the demo CLIP's input size comes from its checkpoint unless set
     cfg.freeze()
     return cfg
 

@@ -49,6 +49,12 @@ MODEL_FILES: "OrderedDict[str, Tuple[str, str]]" = OrderedDict(
     ]
 )
 
+# Checkpoints shipped inside the repository, by short name. "demo" is the tiny CLIP pretrained on
+# the procedural demo world (re-created by `python -m demo.pretrain_clip`); it is a path, not an import.
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_MODEL_NAME = "demo"
+LOCAL_MODELS: Dict[str, str] = {DEMO_MODEL_NAME: os.path.join(_REPO_ROOT, "demo", "assets", "demo_clip.pt")}
+
 _CHUNK = 1 << 20
 
 
@@ -161,16 +167,24 @@ _download = download
 
 
 def resolve_checkpoint(name_or_path: str, download_root: Optional[str] = None) -> str:
-    """File path for a model name (cached or downloaded) or an existing checkpoint path."""
+    """File path for a model name (cached or downloaded), a shipped model ("demo") or an existing checkpoint path."""
     if name_or_path in MODEL_FILES:
         return download(model_url(name_or_path), download_root or default_cache_dir(), MODEL_FILES[name_or_path][1])
+    if name_or_path in LOCAL_MODELS:
+        path = LOCAL_MODELS[name_or_path]
+        if not os.path.isfile(path):
+            raise RuntimeError(
+                f"Model {name_or_path!r} should be the file {path}, which is missing. Restore it from the "
+                "repository (git checkout -- demo/assets) or re-create it with `python -m demo.pretrain_clip`."
+            )
+        return path
     path = os.path.expanduser(str(name_or_path))
     if os.path.isfile(path):
         _warn_if_known_file_mismatch(path)
         return path
     raise RuntimeError(
         f"Model {name_or_path!r} not found: it is neither a known model name nor an existing file. "
-        f"Available models = {available_models()}; or pass the path of a checkpoint file."
+        f"Available models = {available_models()} and {list(LOCAL_MODELS)}; or pass the path of a checkpoint file."
     )
 
 

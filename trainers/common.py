@@ -60,11 +60,36 @@ def clean_classname(name: str) -> str:
     return name.replace("_", " ")
 
 
+# INPUT.SIZE of the engine defaults and of every CLIP trainer config. For the demo CLIP this value
+# means "not set for this backbone" (see `resolve_input_size`).
+CLIP_DEFAULT_INPUT_SIZE = (224, 224)
+
+
+def resolve_input_size(cfg) -> None:
+    """For `MODEL.BACKBONE.NAME demo`, take INPUT.SIZE from the checkpoint unless set explicitly.
+
+    "Explicitly" means any INPUT.SIZE other than (224, 224): (224, 224) is both the engine default
+    and what every CLIP trainer config sets, so it is read as "not chosen for the demo CLIP" and
+    replaced by the checkpoint's resolution (32 for the shipped one). Any other value is kept, and
+    `load_clip_to_cpu` reports a mismatch. Other backbones are never changed. Call this on the
+    unfrozen config before the data loaders are built (train.py's `setup_cfg` does).
+    """
+    if cfg.MODEL.BACKBONE.NAME != clip.loading.DEMO_MODEL_NAME:
+        return
+    if tuple(cfg.INPUT.SIZE) != CLIP_DEFAULT_INPUT_SIZE:
+        return
+    resolution = clip.infer_config(clip.load_state_dict(cfg.MODEL.BACKBONE.NAME)).image_resolution
+    if resolution != CLIP_DEFAULT_INPUT_SIZE[0]:
+        logger.info("INPUT.SIZE (224, 224) -> (%d, %d): the input resolution of the demo CLIP", resolution, resolution)
+        cfg.INPUT.SIZE = (resolution, resolution)
+
+
 def load_clip_to_cpu(cfg) -> nn.Module:
     """The CLIP named by MODEL.BACKBONE.NAME (a known name or a checkpoint path), on CPU.
 
     Returned in OpenAI's mixed precision (fp16 matmul weights), like CoOp's `load_clip_to_cpu`;
-    trainers call `.float()` for fp32/amp. The input size must equal the model's resolution.
+    trainers call `.float()` for fp32/amp. The input size must equal the model's resolution
+    (for the demo CLIP, `resolve_input_size` fills it in from the checkpoint).
     """
     name = cfg.MODEL.BACKBONE.NAME
     if not name:
@@ -77,9 +102,13 @@ def load_clip_to_cpu(cfg) -> nn.Module:
     resolution = model.visual.input_resolution
     size = tuple(cfg.INPUT.SIZE)
     if size[0] != resolution:
+        hint = (
+            " (trainers.common.resolve_input_size sets it from the checkpoint when the config is built)"
+            if name == clip.loading.DEMO_MODEL_NAME else ""
+        )
         raise ValueError(
             f"INPUT.SIZE {size} does not match the input resolution {resolution} of CLIP '{name}'. "
-            f"Set 'INPUT.SIZE ({resolution}, {resolution})'."
+            f"Set 'INPUT.SIZE ({resolution}, {resolution})'{hint}."
         )
     return model
 
@@ -142,3 +171,39 @@ def text_features_for_templates(
         return per_template[0]
     mean = torch.stack(per_template).mean(dim=0)
     return mean / mean.norm(dim=-1, keepdim=True)
+
+
+# --- The text tower in two parts: hidden states entering block k, and the rest from them ---
+# (Skip Tuning caches the first part once per epoch; `encode_text_embeddings` is the one-piece path.)
+
+
+def text_hidden_states(
+    clip_model: nn.Module, tokens: torch.Tensor, end: int, truncate: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states [N, L, W] after text blocks [0:end] of token ids [N, 77], and the EOT positions.
+
+    Same arithmetic as `CLIP.encode_text`. `truncate=None` cuts the sequence after the last EOT when
+    the model runs in fp32 (exact: the causal mask hides later tokens) and keeps the full context in
+    fp16, where the original implementations' kernels see 77 keys.
+    """
+    tokens = tokens.long()
+    eot_indices = tokens.argmax(dim=-1)
+    if truncate is None:
+        truncate = clip_model.dtype == torch.float32
+    length = int(eot_indices.max()) + 1 if truncate else tokens.shape[1]
+    dtype = clip_model.dtype
+    x = clip_model.token_embedding(tokens[:, :length]).to(dtype)
+    x = x + clip_model.positional_embedding[:length].to(dtype)
+    x = clip_model.transformer(x, clip_model.causal_mask(length), start=0, end=end)
+    return x, eot_indices
+
+
+def text_features_from_hidden(
+    clip_model: nn.Module, hidden: torch.Tensor, eot_indices: torch.Tensor, start: int
+) -> torch.Tensor:
+    """Projected text features from hidden states [N, L, W] entering block `start` (see `text_hidden_states`)."""
+    length = hidden.shape[1]
+    x = clip_model.transformer(hidden, clip_model.causal_mask(length), start=start)
+    x = clip_model.ln_final(x).to(clip_model.dtype)
+    x = x[torch.arange(x.shape[0], device=x.device), eot_indices.to(x.device)]
+    return x @ clip_model.text_projection

@@ -1,0 +1,1 @@
+"""Cost benchmarks: speed, memory, parameters and FLOPs per trainer (tables + JSON)."""

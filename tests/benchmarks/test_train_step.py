@@ -1,0 +1,58 @@
+"""benchmarks.train_step on a tiny geometry: the JSON contract and numbers that must hold whatever the
+machine (positive, consistent across trainers). Timings are not targets here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import train_step
+
+REQUIRED = ("trainer", "median_step_s", "peak_memory_mb", "trainable_params", "flops_per_step",
+            "batch", "classes", "image_size", "steps", "device")
+TINY = ["--geometry", "tiny", "--image-size", "32", "--classes", "8", "--batch", "2", "--steps", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    out = {}
+    for name in train_step.TRAINERS:
+        path = tmp_path_factory.mktemp("bench") / f"{name}.json"
+        train_step.main(["--trainer", name, "--json", str(path), *TINY])
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+def test_json_contract(records):
+    for name, record in records.items():
+        assert isinstance(record, dict) and record["trainer"] == name
+        assert all(key in record for key in REQUIRED), [k for k in REQUIRED if k not in record]
+        assert (record["batch"], record["classes"], record["image_size"], record["steps"]) == (2, 8, 32, 1)
+        assert record["device"] == "cpu" and record["geometry"] == "tiny" and record["precision"] == "fp32"
+        assert record["median_step_s"] > 0 and record["median_eval_s"] > 0
+        assert record["peak_memory_mb"] > 0 and record["peak_memory_kind"].startswith("cpu_peak_rss")
+        assert record["flops_per_step"] > 0 and record["eval_flops_per_batch"] > 0
+        assert 0 <= record["trainable_params"] <= record["total_params"]
+
+
+def test_numbers_are_consistent_across_trainers(records):
+    zs, coop, ft, skip = (records[n] for n in ("ZeroshotCLIP", "CoOp", "FinetuneCLIP", "SkipTuning"))
+    assert zs["trainable_params"] == 0 and zs["step_kind"] == "eval_batch"
+    assert zs["flops_per_step"] == zs["eval_flops_per_batch"]
+    assert coop["trainable_params"] == 16 * 64  # 16 context vectors of the tiny text width
+    # Same CLIP everywhere; FT trains everything but the stem, Skip Tuning only the upper half + heads.
+    assert len({r["total_params"] for r in records.values()}) <= 2  # CoOp adds its context vectors
+    assert skip["trainable_params"] < ft["trainable_params"] < ft["total_params"]
+    # A training step (forward + backward) costs more than the forward of an eval batch.
+    assert ft["flops_per_step"] > ft["eval_flops_per_batch"]
+    # Skip Tuning's step skips the frozen half of both towers and most classes.
+    assert skip["flops_per_step"] < ft["flops_per_step"]
+    assert skip["cache_flops_per_batch"] > 0 and skip["median_step_incl_cache_s"] > skip["median_step_s"]
+    assert 1 <= skip["classes_per_step"] <= 8
+
+
+def test_table_and_bad_arguments(records, capsys):
+    table = train_step.format_table(list(records.values()))
+    assert table.splitlines()[0].startswith("trainer") and len(table.splitlines()) == 2 + 4
+    with pytest.raises(SystemExit):
+        train_step.main(["--trainer", "NoSuchTrainer", *TINY])
