@@ -1,0 +1,167 @@
+"""Sweeps for `python parallel_runner.py`: edit this file (or keep your own copy and pass --configs PATH).
+
+- `base` holds the defaults of every task.
+- A task is a module-level dict with a `train` entry, deep-merged over `base` (dicts merge, lists
+  and scalars replace). Run one with `python parallel_runner.py --cfg NAME`.
+- `pipeline` lists `{gpu_ids, tasks}`; entries run concurrently, each on its own GPUs. Without
+  CUDA, or with `gpu_ids=[]`, jobs run on `runner.cpu_workers` CPU slots.
+
+Unknown keys and task names are errors before anything starts. With no data root configured
+(`data.root` None and $DATA unset) tasks run on the generated demo world with the small settings of `demo`.
+"""
+
+base = dict(
+    data=dict(
+        root=None,  # your data root (DATASETS.md); None: $DATA if set, else the demo world
+        datasets_base_to_new=['imagenet', 'sun397', 'stanford_cars', 'oxford_flowers', 'food101', 'ucf101',
+                              'caltech101', 'fgvc_aircraft', 'dtd', 'oxford_pets', 'eurosat'],  # big first
+        datasets_cross_dataset=['caltech101', 'oxford_pets', 'stanford_cars', 'oxford_flowers', 'food101',
+                                'fgvc_aircraft', 'sun397', 'dtd', 'eurosat', 'ucf101',
+                                'imagenetv2', 'imagenet_sketch', 'imagenet_a', 'imagenet_r'],
+        datasets_all=['imagenet', 'sun397', 'stanford_cars', 'oxford_flowers', 'food101', 'ucf101',
+                      'caltech101', 'fgvc_aircraft', 'dtd', 'oxford_pets', 'eurosat'],
+        xd_source='imagenet',  # xd: the dataset trained on (all classes)
+        dg_datasets=['imagenetv2', 'imagenet_sketch', 'imagenet_a', 'imagenet_r'],  # xd targets averaged as average_dg
+    ),
+
+    # Summary mail: off while host is empty. The password is read from the environment variable
+    # named by password_env, never from this file.
+    mail=dict(
+        host='',
+        port=465,
+        security='ssl',  # ssl | starttls | none
+        username='',
+        password_env='RUNNER_MAIL_PASSWORD',
+        sender='',  # defaults to username
+        to='',
+    ),
+
+    train=dict(
+        mode='b2n',  # b2n | xd | all
+        trainer='',
+        cfg='',  # configs/trainers/<trainer>/<cfg>.yaml; 'Other/name' = configs/trainers/Other/name.yaml
+        seeds=[1, 2, 3],
+        shots=16,
+        loadep=-1,  # epoch evaluated after training; -1: the last checkpoint the training run saved
+        eval_only=False,  # True for zero-shot methods: every job is an --eval-only run without a model
+        load_from='',  # copy <load_from>/<trainer> into the task's output root before starting
+        opts=[],  # extra KEY VALUE tokens for every run
+    ),
+
+    grid_search=dict(
+        plot='line',
+        mode='sequential',  # sequential: zip the value lists; grid: every combination
+        params=[],  # [dict(name='CFG.KEY', alias='short', values=[...]), ...]
+    ),
+
+    output=dict(
+        root='outputs',  # runs: <root>/<task>/...; the ledger is <root>/runner_ledger.sqlite
+        result='results/acc',
+        cost='results/cost',
+        remove_dirs=[],  # 'root' / 'result' / 'cost': delete the task's folder first (nothing is deleted otherwise)
+    ),
+
+    runner=dict(
+        launcher='local',  # local | slurm
+        retries=1,  # a failed job is retried this many times
+        jobs_per_gpu=1,
+        cpu_workers=None,  # CPU slots when no GPU is used; None: min(2, cores)
+        script='train.py',
+        slurm=dict(
+            cluster='slurm',  # 'local' runs the submitit path on this machine
+            partition='',
+            gpus_per_node=1,
+            cpus_per_task=8,
+            mem_gb=None,
+            timeout_min=1440,
+            max_parallel=32,  # jobs in the queue at once
+            additional={},  # passed as slurm_additional_parameters
+        ),
+    ),
+
+    # What changes when no data root is configured: the demo world and small CPU settings.
+    demo=dict(
+        datasets_base_to_new=['demo_shapes', 'demo_symbols'],
+        datasets_cross_dataset=['demo_symbols', 'demo_shapes_sketch'],
+        datasets_all=['demo_shapes', 'demo_symbols'],
+        xd_source='demo_shapes',
+        dg_datasets=['demo_shapes_sketch'],
+        seeds=[1, 2],
+        cfg=None,  # a trainer config to use instead of train.cfg
+        opts=['MODEL.BACKBONE.NAME', 'demo', 'DATALOADER.NUM_WORKERS', '0'],
+        trainer_opts=[],  # per task: method-specific small settings
+        output=dict(root='outputs/demo', result='results/demo/acc', cost='results/demo/cost'),
+    ),
+)
+
+#####################################################
+# Skip Tuning
+
+_skip_demo = dict(trainer_opts=['TRAINER.PREC', 'fp32', 'TRAINER.SKIP.START_LAYER', '1', 'OPTIM.MAX_EPOCH', '2',
+                                'DATALOADER.TRAIN_X.BATCH_SIZE', '16', 'DATALOADER.TEST.BATCH_SIZE', '256'])
+
+# Base-to-new generalization
+skip_tuning = dict(
+    train=dict(trainer='SkipTuning', cfg='vit_b16_bs4'),
+    demo=_skip_demo,
+)
+
+# Cross-dataset transfer and domain generalization
+skip_tuning_xd = dict(
+    train=dict(mode='xd', trainer='SkipTuning', cfg='vit_b16_bs4_cross_datasets'),
+    demo=_skip_demo,
+)
+
+# Few-shot learning
+skip_tuning_all = dict(
+    train=dict(mode='all', trainer='SkipTuning', cfg='vit_b16_bs4_few_shot'),
+    grid_search=dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=[1, 2, 4, 8, 16])]),
+    demo=_skip_demo,
+)
+
+# Ablations
+skip_tuning_layer = dict(
+    train=dict(trainer='SkipTuning', cfg='vit_b16_bs4'),
+    grid_search=dict(params=[dict(name='TRAINER.SKIP.START_LAYER', alias='layer', values=[2, 4, 6, 8, 10])]),
+)
+
+skip_tuning_top = dict(
+    train=dict(trainer='SkipTuning', cfg='vit_b16_bs4'),
+    grid_search=dict(params=[dict(name='TRAINER.SKIP.TOP_RATIO', alias='top', values=[1.0, 0.9, 0.7, 0.5, 0.3, 0.1])]),
+)
+
+skip_tuning_lambda = dict(
+    train=dict(trainer='SkipTuning', cfg='vit_b16_bs4'),
+    grid_search=dict(params=[dict(name='TRAINER.SKIP.LAMBDA', alias='lambda',
+                                  values=[0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])]),
+)
+
+#####################################################
+# Baselines
+
+_shot_grid = dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=[1, 2, 4, 8, 16])])
+_ft_demo = dict(trainer_opts=['TRAINER.PREC', 'fp32', 'OPTIM.MAX_EPOCH', '2',
+                              'DATALOADER.TRAIN_X.BATCH_SIZE', '16', 'DATALOADER.TEST.BATCH_SIZE', '256'])
+
+ft_clip = dict(train=dict(trainer='FinetuneCLIP', cfg='vit_b16_ep10_bs4'), demo=_ft_demo)
+ft_clip_xd = dict(train=dict(mode='xd', trainer='FinetuneCLIP', cfg='vit_b16_ep10_bs4_cross_datasets'), demo=_ft_demo)
+ft_clip_all = dict(train=dict(mode='all', trainer='FinetuneCLIP', cfg='vit_b16_ep10_bs4'), grid_search=_shot_grid,
+                   demo=_ft_demo)
+
+coop = dict(train=dict(trainer='CoOp', cfg='vit_b16_ep100'), demo=dict(cfg='CoOp/demo'))
+coop_xd = dict(train=dict(mode='xd', trainer='CoOp', cfg='vit_b16_ep100'), demo=dict(cfg='CoOp/demo'))
+coop_all = dict(train=dict(mode='all', trainer='CoOp', cfg='vit_b16_ep100'), grid_search=_shot_grid,
+                demo=dict(cfg='CoOp/demo'))
+
+# Zero-shot CLIP: evaluation only (base and new classes, xd targets, all classes).
+zsclip = dict(train=dict(trainer='ZeroshotCLIP', cfg='CoOp/vit_b16', eval_only=True), demo=dict(cfg='CoOp/demo'))
+zsclip_xd = dict(train=dict(mode='xd', trainer='ZeroshotCLIP', cfg='CoOp/vit_b16', eval_only=True),
+                 demo=dict(cfg='CoOp/demo'))
+zsclip_all = dict(train=dict(mode='all', trainer='ZeroshotCLIP', cfg='CoOp/vit_b16', eval_only=True),
+                  demo=dict(cfg='CoOp/demo'))
+
+#####################################################
+
+pipeline = [
+    dict(gpu_ids=[0], tasks=['skip_tuning', 'skip_tuning_xd', 'skip_tuning_all']),
+]
