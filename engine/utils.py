@@ -312,16 +312,30 @@ def setup_logger(output: str | None) -> str | None:
 
 
 def collect_env_info() -> str:
-    """torch's environment report plus the Pillow version (printed once per run)."""
+    """A short environment report for log.txt (versions, CUDA and GPUs).
+
+    torch's own `collect_env` report shells out to pip, conda and nvidia-smi and takes seconds,
+    which dominates short runs in a sweep; this reads the same essentials in milliseconds.
+    """
+    import platform
+
+    import numpy
     import PIL
+    import torchvision
 
-    try:
-        from torch.utils.collect_env import get_pretty_env_info
-
-        info = get_pretty_env_info()
-    except Exception as e:  # the report shells out (nvidia-smi, pip); never fail a run over it
-        info = f"torch {torch.__version__} (collect_env failed: {e})"
-    return info + f"\n        Pillow ({PIL.__version__})"
+    lines = [
+        f"Python: {platform.python_version()} ({platform.platform()})",
+        f"PyTorch: {torch.__version__} (CUDA build {torch.version.cuda}, cuDNN "
+        f"{torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None})",
+        f"torchvision: {torchvision.__version__}, numpy: {numpy.__version__}, Pillow: {PIL.__version__}",
+        f"CPU threads: {torch.get_num_threads()}",
+        f"CUDA available: {torch.cuda.is_available()}",
+    ]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            lines.append(f"GPU {i}: {props.name} ({props.total_memory / 2**30:.1f} GiB)")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- images
