@@ -473,6 +473,25 @@ class CLIP(nn.Module):
         kernels round differently for 8 and for 77 keys, so the full context is kept
         there: fp16 features then equal the original implementations' bit for bit.
         """
+        hidden = self.text_hidden_states(x, eot_indices, end=0, truncate=truncate)
+        return self.text_features_from_hidden(hidden, eot_indices, start=0, layer_prompts=layer_prompts)
+
+    def text_hidden_states(
+        self,
+        x: Tensor,
+        eot_indices: Tensor,
+        *,
+        end: int,
+        layer_prompts: Optional[Mapping[int, Tensor]] = None,
+        truncate: Optional[bool] = None,
+    ) -> Tensor:
+        """Hidden states entering text block ``end``, from token embeddings x ([N, L, W]).
+
+        ``end=0`` gives the block input (embeddings + positions). With
+        ``text_features_from_hidden(h, eot, start=end)`` this splits ``encode_text_embeddings``
+        in two, so a frozen prefix of the tower can be computed once and cached (Skip Tuning).
+        ``truncate`` as in ``encode_text_embeddings``.
+        """
         if x.dim() != 3:
             raise ValueError(f"Text embeddings must be [N, L, W], got shape {tuple(x.shape)}.")
         length = x.shape[1]
@@ -485,9 +504,27 @@ class CLIP(nn.Module):
             length = int(eot_indices.max()) + 1
             x = x[:, :length]
         x = x.to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
-        x = self.transformer(x, self.causal_mask(length), layer_prompts=layer_prompts, prompt_slot="after_sos")
+        if end == 0:
+            return x
+        return self.transformer(
+            x, self.causal_mask(length), end=end, layer_prompts=layer_prompts, prompt_slot="after_sos"
+        )
+
+    def text_features_from_hidden(
+        self,
+        hidden: Tensor,
+        eot_indices: Tensor,
+        *,
+        start: int,
+        layer_prompts: Optional[Mapping[int, Tensor]] = None,
+    ) -> Tensor:
+        """Projected text features from hidden states ([N, L, W]) entering text block ``start``."""
+        length = hidden.shape[1]
+        x = self.transformer(
+            hidden, self.causal_mask(length), start=start, layer_prompts=layer_prompts, prompt_slot="after_sos"
+        )
         x = self.ln_final(x).to(self.dtype)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_indices]
+        x = x[torch.arange(x.shape[0], device=x.device), eot_indices.to(device=x.device, dtype=torch.long)]
         return x @ self.text_projection
 
     def forward(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:

@@ -174,7 +174,7 @@ def text_features_for_templates(
 
 
 # --- The text tower in two parts: hidden states entering block k, and the rest from them ---
-# (Skip Tuning caches the first part once per epoch; `encode_text_embeddings` is the one-piece path.)
+# (Skip Tuning caches the first part once per epoch; both are CLIP's own extension points.)
 
 
 def text_hidden_states(
@@ -182,28 +182,16 @@ def text_hidden_states(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states [N, L, W] after text blocks [0:end] of token ids [N, 77], and the EOT positions.
 
-    Same arithmetic as `CLIP.encode_text`. `truncate=None` cuts the sequence after the last EOT when
-    the model runs in fp32 (exact: the causal mask hides later tokens) and keeps the full context in
-    fp16, where the original implementations' kernels see 77 keys.
+    Same arithmetic as `CLIP.encode_text` (truncated after the last EOT in fp32 only).
     """
     tokens = tokens.long()
     eot_indices = tokens.argmax(dim=-1)
-    if truncate is None:
-        truncate = clip_model.dtype == torch.float32
-    length = int(eot_indices.max()) + 1 if truncate else tokens.shape[1]
-    dtype = clip_model.dtype
-    x = clip_model.token_embedding(tokens[:, :length]).to(dtype)
-    x = x + clip_model.positional_embedding[:length].to(dtype)
-    x = clip_model.transformer(x, clip_model.causal_mask(length), start=0, end=end)
-    return x, eot_indices
+    hidden = clip_model.text_hidden_states(clip_model.token_embedding(tokens), eot_indices, end=end, truncate=truncate)
+    return hidden, eot_indices
 
 
 def text_features_from_hidden(
     clip_model: nn.Module, hidden: torch.Tensor, eot_indices: torch.Tensor, start: int
 ) -> torch.Tensor:
     """Projected text features from hidden states [N, L, W] entering block `start` (see `text_hidden_states`)."""
-    length = hidden.shape[1]
-    x = clip_model.transformer(hidden, clip_model.causal_mask(length), start=start)
-    x = clip_model.ln_final(x).to(clip_model.dtype)
-    x = x[torch.arange(x.shape[0], device=x.device), eot_indices.to(x.device)]
-    return x @ clip_model.text_projection
+    return clip_model.text_features_from_hidden(hidden, eot_indices, start=start)

@@ -204,3 +204,16 @@ def test_resnet_stem_and_stages(rn_model):
         x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
         torch.testing.assert_close(visual.attnpool(x), visual(images), atol=0, rtol=0)
     assert visual.output_dim == rn_model.text_projection.shape[1]
+
+
+def test_text_tower_split_at_any_block_equals_the_one_piece_forward(vit_model):
+    """Skip Tuning caches the hidden states entering text block k; the rest must give the same features."""
+    tokens = clip.tokenize(TEXTS)
+    eot = tokens.argmax(-1)
+    x = vit_model.token_embedding(tokens)
+    with torch.no_grad():
+        full = vit_model.encode_text_embeddings(x, eot)
+        for k in range(vit_model.transformer.layers + 1):
+            hidden = vit_model.text_hidden_states(x, eot, end=k)
+            assert hidden.shape[1] == int(eot.max()) + 1  # fp32: truncated
+            assert torch.equal(vit_model.text_features_from_hidden(hidden, eot, start=k), full)
