@@ -132,6 +132,25 @@ class Ledger:
         self._tx("UPDATE attempts SET finished_at=?, exit_code=?, status=? WHERE id=?",
                  (time.time(), exit_code, status, attempt_id))
 
+    def finish(self, attempt_id: int, key: str, status: str, exit_code: int | None,
+               duration_s: float | None = None, message: str | None = None) -> None:
+        """Close an attempt and set the job's status in ONE transaction, so a kill between the two
+        can never leave a finished job looking unfinished (and make a restart run it again)."""
+        now = time.time()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("UPDATE attempts SET finished_at=?, exit_code=?, status=? WHERE id=?",
+                              (now, exit_code, status, attempt_id))
+            self.conn.execute(
+                "UPDATE jobs SET status=?, exit_code=?, duration_s=COALESCE(?, duration_s), message=?, updated_at=? "
+                "WHERE key=?",
+                (status, exit_code, duration_s, message, now, key),
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
     def reset_attempts(self, key: str) -> None:
         """A new sweep gives a previously failed job its full retry budget again."""
         self._tx("UPDATE jobs SET attempts=0 WHERE key=?", (key,))

@@ -165,8 +165,7 @@ def classify(jobs: list[Job], ledger: Ledger) -> dict[str, str]:
         if rec.status in (RUNNING, INTERRUPTED):
             last = ledger.last_attempt(job.key)
             if last and has_results and os.path.getmtime(results_path(job)) >= last[1] and last[2] == RUNNING:
-                ledger.finish_attempt(last[0], DONE, 0)
-                ledger.set_status(job.key, DONE, 0, message="finished while the runner was down")
+                ledger.finish(last[0], job.key, DONE, 0, message="finished while the runner was down")
                 logger.info("Recovered %s: it finished while the runner was down", job.output_dir)
                 state[job.key] = DONE
                 continue
@@ -248,8 +247,7 @@ def run_jobs(
                 res = results_path(job)
                 ok = rc == 0 and os.path.isfile(res) and os.path.getmtime(res) >= started - 1
                 if ok:
-                    ledger.finish_attempt(attempt_id, DONE, rc)
-                    ledger.set_status(key, DONE, rc, duration)
+                    ledger.finish(attempt_id, key, DONE, rc, duration)
                     logger.info("Done %s (%.1fs)", job.output_dir, duration)
                     settle(key, DONE)
                     continue
