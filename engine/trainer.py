@@ -480,12 +480,20 @@ class SimpleTrainer(TrainerBase):
             self._save_predictions(os.path.join(output_dir, "predictions.npz"))
         return record
 
+    def _data_root(self) -> str:
+        """The folder image paths in predictions.npz are relative to: --root, or, when a dataset
+        chose its own location (the demo world without --root), the parent of its folder."""
+        if self.cfg.DATASET.ROOT:
+            return os.path.abspath(os.path.expanduser(self.cfg.DATASET.ROOT))
+        dataset_dir = getattr(self.dm.dataset, "dataset_dir", "")
+        return os.path.dirname(dataset_dir) if os.path.isabs(dataset_dir) else ""
+
     def extra_results(self) -> dict:
         """Method-specific entries for results.json (e.g. a differently measured training time)."""
         return {}
 
     def _save_predictions(self, path: str) -> None:
-        root = os.path.abspath(os.path.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
+        root = self._data_root()
         impaths = [
             os.path.relpath(p, root).replace(os.sep, "/") if root else p for p in self.last_test["impaths"]
         ]

@@ -106,3 +106,23 @@ def test_coop_16_shots_beats_zero_shot_on_base_classes(demo_root, tmp_path):
     assert zs["num_classes"] == coop["num_classes"] == 24
     # Measured: 62.1% zero-shot, 67.5% CoOp (480 test images); 3 points leave room for platform noise.
     assert coop["accuracy"] >= zs["accuracy"] + 3.0, (zs["accuracy"], coop["accuracy"])
+
+
+def test_runs_without_root_use_the_default_demo_folder(tmp_path, monkeypatch):
+    """No --root: the demo world is generated into $CLIP_ADAPT_DEMO_DATA on first use, and the
+    predictions name images relative to that folder."""
+    import numpy as np
+
+    data = tmp_path / "demo_data"
+    monkeypatch.setenv("CLIP_ADAPT_DEMO_DATA", str(data))
+    out = tmp_path / "zs"
+    record = run_train([
+        "--trainer", "ZeroshotCLIP", "--eval-only",
+        "--dataset-config-file", config_path("datasets", "demo_symbols.yaml"),
+        "--config-file", config_path("trainers", "CoOp", "demo.yaml"),
+        "--output-dir", str(out), "TEST.SAVE_PREDICTIONS", "True",
+    ])
+    assert record["num_classes"] == 32 and record["accuracy"] >= 3 * 100.0 / 32
+    impaths = np.load(out / "predictions.npz")["impaths"]
+    assert len(impaths) == record["num_test"]
+    assert all(not p.startswith("/") and (data / p).is_file() for p in impaths)
