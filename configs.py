@@ -97,8 +97,7 @@ base = dict(
 #####################################################
 # Skip Tuning
 
-_skip_demo = dict(trainer_opts=['TRAINER.PREC', 'fp32', 'TRAINER.SKIP.START_LAYER', '1', 'OPTIM.MAX_EPOCH', '2',
-                                'DATALOADER.TRAIN_X.BATCH_SIZE', '16', 'DATALOADER.TEST.BATCH_SIZE', '256'])
+_skip_demo = dict(cfg='SkipTuning/demo')  # demo CLIP, 32 px, 10 short epochs (configs/trainers/SkipTuning/demo.yaml)
 
 # Base-to-new generalization
 skip_tuning = dict(
@@ -140,8 +139,7 @@ skip_tuning_lambda = dict(
 # Baselines
 
 _shot_grid = dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=[1, 2, 4, 8, 16])])
-_ft_demo = dict(trainer_opts=['TRAINER.PREC', 'fp32', 'OPTIM.MAX_EPOCH', '2',
-                              'DATALOADER.TRAIN_X.BATCH_SIZE', '16', 'DATALOADER.TEST.BATCH_SIZE', '256'])
+_ft_demo = dict(cfg='FinetuneCLIP/demo')
 
 ft_clip = dict(train=dict(trainer='FinetuneCLIP', cfg='vit_b16_ep10_bs4'), demo=_ft_demo)
 ft_clip_xd = dict(train=dict(mode='xd', trainer='FinetuneCLIP', cfg='vit_b16_ep10_bs4_cross_datasets'), demo=_ft_demo)

@@ -36,6 +36,9 @@ class ZeroshotCLIP(TrainerX):
     def templates(self) -> list[str]:
         return [template_for(self.cfg.DATASET.NAME)]
 
+    def train(self) -> None:
+        raise ValueError(f"{type(self).__name__} has nothing to train: run it with --eval-only.")
+
     def build_model(self) -> None:
         cfg = self.cfg
         check_precision(cfg.TRAINER.ZSCLIP.PREC, "TRAINER.ZSCLIP.PREC")

@@ -275,20 +275,6 @@ def test_bad_skip_settings_are_refused(caltech_root, tiny_clip_path, tmp_path):
         build_trainer_from(skip_argv(caltech_root, tiny_clip_path, tmp_path / "b", "TRAINER.SKIP.LAMBDA", "0.0"))
 
 
-def test_skip_tuning_improves_base_accuracy_over_zero_shot(caltech_root, tiny_clip_path, tmp_path):
-    # Meant for the demo world (issue 4: a pretrained demo CLIP and procedural datasets). That world
-    # was still being built when this test was written, so it runs on the tiny Caltech tree with a
-    # random CLIP, where zero-shot is at chance; move it to the demo world once that lands.
-    trainer = build_trainer_from(skip_argv(
-        caltech_root, tiny_clip_path, tmp_path / "run", "DATASET.SUBSAMPLE_CLASSES", "base",
-        "OPTIM.LR", "0.001", "OPTIM.NEW_LR", "0.001", "OPTIM.WARMUP_EPOCH", "0", epochs=4))
-    zero_shot = trainer.test()  # the same model and prompts before any step
-    trainer.train()
-    tuned = trainer.last_test["results"]["accuracy"]
-    assert trainer.last_test["logits"].shape[1] == 3  # base half of the 6 classes
-    assert tuned >= zero_shot + 30, (zero_shot, tuned)
-
-
 @pytest.mark.parametrize("prec", ["fp16", "amp"])
 def test_fp16_and_amp_steps(prec, caltech_root, tiny_clip_path, tmp_path):
     # fp16: CLIP's mixed fp16 weights are updated in place by SGD (no fp32 master copy), as the original

@@ -68,3 +68,10 @@ def test_base_and_new_halves_are_evaluated_among_their_own_classes(caltech_root,
     new_preds = np.load(tmp_path / "new" / "predictions.npz")
     assert set(new_preds["labels"].tolist()) == {0, 1, 2}
     assert all("/accordion/" in p or "/airplanes/" in p or "/anchor/" in p for p in new_preds["impaths"])
+
+
+def test_zero_shot_without_eval_only_says_what_to_do(caltech_root, tiny_clip_path, tmp_path):
+    argv = zs_argv(caltech_root, tiny_clip_path, tmp_path)
+    argv.remove("--eval-only")
+    with pytest.raises(ValueError, match="nothing to train: run it with --eval-only"):
+        run_train(argv)
