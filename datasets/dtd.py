@@ -13,35 +13,23 @@ ten splits in labels/ and uses its own 50/20/30 split per class.
 """
 from __future__ import annotations
 
-import os
-
-from engine.data import DATASET_REGISTRY, DatasetBase
+from engine.data import DATASET_REGISTRY, Datum, SplitFileDataset
 
 __all__ = ["DescribableTextures"]
 
 
 @DATASET_REGISTRY.register()
-class DescribableTextures(DatasetBase):
+class DescribableTextures(SplitFileDataset):
     """DTD with CoOp's split file, few-shot cache and base/new class subsampling."""
 
     dataset_dir = "dtd"
     docs_anchor = "dtd"
-    required_paths = ("images",)
+    image_subdir = "images"
+    required_paths = (image_subdir,)
     split_file = "split_zhou_DescribableTextures.json"
     generates_split = True
     official_counts = {"classes": 47, "train": 2820, "val": 1128, "test": 1692}
 
-    def __init__(self, cfg) -> None:
-        self.dataset_dir = self.resolve_dataset_dir(cfg)
-        self.image_dir = self.require_dir(os.path.join(self.dataset_dir, "images"), "image folder")
-        self.split_path = os.path.join(self.dataset_dir, self.split_file)
-
-        if os.path.exists(self.split_path):
-            train, val, test = self.read_split(self.split_path, self.image_dir)
-        else:
-            train, val, test = self.read_and_split_data(self.image_dir)
-            self.save_split(train, val, test, self.split_path, self.image_dir)
-
-        train, val = self.load_or_generate_fewshot(cfg, self.dataset_dir, train, val)
-        train, val, test = self.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
+    def generate_split(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """CoOp's 50/20/30 split per class folder."""
+        return self.read_and_split_data(self.image_dir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from engine.data import DATASET_REGISTRY, DatasetBase
+from engine.data import DATASET_REGISTRY, Datum, SplitFileDataset
 from engine.utils import listdir_nohidden
 
 __all__ = ["EuroSAT", "NEW_CNAMES"]
@@ -35,12 +35,13 @@ NEW_CNAMES = {
 
 
 @DATASET_REGISTRY.register()
-class EuroSAT(DatasetBase):
+class EuroSAT(SplitFileDataset):
     """EuroSAT with CoOp's split file, few-shot cache and base/new class subsampling."""
 
     dataset_dir = "eurosat"
     docs_anchor = "eurosat"
-    required_paths = ("2750",)
+    image_subdir = "2750"
+    required_paths = (image_subdir,)
     split_file = "split_zhou_EuroSAT.json"
     generates_split = True
     official_counts = {"classes": 10, "train": 13500, "val": 5400, "test": 8100}
@@ -65,17 +66,6 @@ class EuroSAT(DatasetBase):
             ]
         return []
 
-    def __init__(self, cfg) -> None:
-        self.dataset_dir = self.resolve_dataset_dir(cfg)
-        self.image_dir = self.require_dir(os.path.join(self.dataset_dir, "2750"), "image folder")
-        self.split_path = os.path.join(self.dataset_dir, self.split_file)
-
-        if os.path.exists(self.split_path):
-            train, val, test = self.read_split(self.split_path, self.image_dir)
-        else:
-            train, val, test = self.read_and_split_data(self.image_dir, new_cnames=NEW_CNAMES)
-            self.save_split(train, val, test, self.split_path, self.image_dir)
-
-        train, val = self.load_or_generate_fewshot(cfg, self.dataset_dir, train, val)
-        train, val, test = self.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
+    def generate_split(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """CoOp's 50/20/30 split per class folder."""
+        return self.read_and_split_data(self.image_dir, new_cnames=NEW_CNAMES)

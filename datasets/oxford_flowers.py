@@ -21,7 +21,7 @@ import os
 import random
 from collections import defaultdict
 
-from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum
+from engine.data import DATASET_REGISTRY, DatasetError, Datum, SplitFileDataset
 from engine.utils import read_json
 from datasets.stanford_cars import load_mat
 
@@ -31,40 +31,22 @@ logger = logging.getLogger(__name__)
 
 
 @DATASET_REGISTRY.register()
-class OxfordFlowers(DatasetBase):
+class OxfordFlowers(SplitFileDataset):
     """Flowers-102 with CoOp's split file, few-shot cache and base/new class subsampling."""
 
     dataset_dir = "oxford_flowers"
     docs_anchor = "oxfordflowers"
-    required_paths = ("jpg",)
+    image_subdir = "jpg"
+    required_paths = (image_subdir,)
     split_file = "split_zhou_OxfordFlowers.json"
     generates_split = True
     official_counts = {"classes": 102, "train": 4093, "val": 1633, "test": 2463}
     raw_files = ("imagelabels.mat", "cat_to_name.json")
 
-    @classmethod
-    def extra_checks(cls, dataset_dir: str) -> list[str]:
-        return cls.missing_raw_files(dataset_dir, cls.raw_files)
-
-    def __init__(self, cfg) -> None:
-        self.dataset_dir = self.resolve_dataset_dir(cfg)
-        self.image_dir = self.require_dir(os.path.join(self.dataset_dir, "jpg"), "image folder")
+    def generate_split(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """CoOp's 50/20/30 split of the labelled images (uses Python's `random`)."""
         self.label_file = os.path.join(self.dataset_dir, "imagelabels.mat")
         self.lab2cname_file = os.path.join(self.dataset_dir, "cat_to_name.json")
-        self.split_path = os.path.join(self.dataset_dir, self.split_file)
-
-        if os.path.exists(self.split_path):
-            train, val, test = self.read_split(self.split_path, self.image_dir)
-        else:
-            train, val, test = self.read_data()
-            self.save_split(train, val, test, self.split_path, self.image_dir)
-
-        train, val = self.load_or_generate_fewshot(cfg, self.dataset_dir, train, val)
-        train, val, test = self.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
-
-    def read_data(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
-        """CoOp's 50/20/30 split of the labelled images (uses Python's `random`)."""
         self.require_file(self.lab2cname_file, "class-name file")
         labels = load_mat(self, self.label_file, "labels")[0]
         # Group by 1-based class in order of first appearance (the order CoOp iterates in).

@@ -16,51 +16,36 @@ split 80/20 per class, test.txt is the test set.
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
-from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum
+from engine.data import DATASET_REGISTRY, DatasetError, Datum, SplitFileDataset
 
 __all__ = ["OxfordPets"]
 
 
 @DATASET_REGISTRY.register()
-class OxfordPets(DatasetBase):
+class OxfordPets(SplitFileDataset):
     """Oxford-IIIT Pets with CoOp's split file, few-shot cache and base/new class subsampling."""
 
     dataset_dir = "oxford_pets"
     docs_anchor = "oxfordpets"
-    required_paths = ("images",)
+    image_subdir = "images"
+    required_paths = (image_subdir,)
     split_file = "split_zhou_OxfordPets.json"
     generates_split = True
     official_counts = {"classes": 37, "train": 2944, "val": 736, "test": 3669}
     # Only needed when the split file has to be generated.
     raw_files = ("annotations/trainval.txt", "annotations/test.txt")
 
-    @classmethod
-    def extra_checks(cls, dataset_dir: str) -> list[str]:
-        return cls.missing_raw_files(dataset_dir, cls.raw_files)
-
-    def __init__(self, cfg) -> None:
-        self.dataset_dir = self.resolve_dataset_dir(cfg)
-        self.image_dir = self.require_dir(os.path.join(self.dataset_dir, "images"), "image folder")
-        self.anno_dir = os.path.join(self.dataset_dir, "annotations")
-        self.split_path = os.path.join(self.dataset_dir, self.split_file)
-
-        if os.path.exists(self.split_path):
-            train, val, test = self.read_split(self.split_path, self.image_dir)
-        else:
-            trainval = self.read_data("trainval.txt")
-            test = self.read_data("test.txt")
-            train, val = self.split_trainval(trainval)
-            self.save_split(train, val, test, self.split_path, self.image_dir)
-
-        train, val = self.load_or_generate_fewshot(cfg, self.dataset_dir, train, val)
-        train, val, test = self.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
+    def generate_split(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """80/20 per-class split of annotations/trainval.txt; annotations/test.txt is the test set."""
+        trainval = self.read_data("trainval.txt")
+        test = self.read_data("test.txt")
+        train, val = self.split_trainval(trainval)
+        return train, val, test
 
     def read_data(self, split_file: str) -> list[Datum]:
         """Items of `annotations/<split_file>`, in file order."""
-        filepath = self.require_file(os.path.join(self.anno_dir, split_file), "annotation file")
+        filepath = self.require_file(os.path.join(self.dataset_dir, "annotations", split_file), "annotation file")
         items = []
         with open(filepath, "r") as f:
             for lineno, line in enumerate(f, start=1):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum
+from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum, SplitFileDataset
 
 __all__ = ["StanfordCars", "load_mat", "year_first"]
 
@@ -55,42 +55,31 @@ def year_first(name: str) -> str:
 
 
 @DATASET_REGISTRY.register()
-class StanfordCars(DatasetBase):
+class StanfordCars(SplitFileDataset):
     """Stanford Cars with CoOp's split file, few-shot cache and base/new class subsampling."""
 
     dataset_dir = "stanford_cars"
     docs_anchor = "stanfordcars"
+    # No single image folder: the split file's paths (`cars_train/...`, `cars_test/...`) are relative
+    # to dataset_dir itself, and the image folders are only checked when the split is generated.
+    image_subdir = None
     required_paths = ("cars_train", "cars_test")
     split_file = "split_zhou_StanfordCars.json"
     generates_split = True
     official_counts = {"classes": 196, "train": 6509, "val": 1635, "test": 8041}
     raw_files = ("devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat", "devkit/cars_meta.mat")
 
-    @classmethod
-    def extra_checks(cls, dataset_dir: str) -> list[str]:
-        return cls.missing_raw_files(dataset_dir, cls.raw_files)
-
-    def __init__(self, cfg) -> None:
-        self.dataset_dir = self.resolve_dataset_dir(cfg)
-        self.split_path = os.path.join(self.dataset_dir, self.split_file)
-
-        if os.path.exists(self.split_path):
-            # The prefix is the dataset folder itself: JSON paths start with cars_train/ or cars_test/.
-            train, val, test = self.read_split(self.split_path, self.dataset_dir)
-        else:
-            for folder in self.required_paths:
-                self.require_dir(os.path.join(self.dataset_dir, folder), "image folder")
-            trainval_file = os.path.join(self.dataset_dir, "devkit", "cars_train_annos.mat")
-            test_file = os.path.join(self.dataset_dir, "cars_test_annos_withlabels.mat")
-            meta_file = os.path.join(self.dataset_dir, "devkit", "cars_meta.mat")
-            trainval = self.read_data("cars_train", trainval_file, meta_file)
-            test = self.read_data("cars_test", test_file, meta_file)
-            train, val = self.split_trainval(trainval)
-            self.save_split(train, val, test, self.split_path, self.dataset_dir)
-
-        train, val = self.load_or_generate_fewshot(cfg, self.dataset_dir, train, val)
-        train, val, test = self.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
+    def generate_split(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """80/20 per-class split of the train annotations; the labelled test annotations are the test set."""
+        for folder in self.required_paths:
+            self.require_dir(os.path.join(self.dataset_dir, folder), "image folder")
+        trainval_file = os.path.join(self.dataset_dir, "devkit", "cars_train_annos.mat")
+        test_file = os.path.join(self.dataset_dir, "cars_test_annos_withlabels.mat")
+        meta_file = os.path.join(self.dataset_dir, "devkit", "cars_meta.mat")
+        trainval = self.read_data("cars_train", trainval_file, meta_file)
+        test = self.read_data("cars_test", test_file, meta_file)
+        train, val = self.split_trainval(trainval)
+        return train, val, test
 
     def read_data(self, image_dir: str, anno_file: str, meta_file: str) -> list[Datum]:
         """Items of one annotation .mat file (fields `fname`, 1-based `class`), in file order."""

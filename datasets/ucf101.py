@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 
-from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum
+from engine.data import DATASET_REGISTRY, DatasetError, Datum, SplitFileDataset
 
 __all__ = ["UCF101", "split_action_name"]
 
@@ -32,63 +32,33 @@ def split_action_name(action: str) -> str:
 
 
 @DATASET_REGISTRY.register()
-class UCF101(DatasetBase):
+class UCF101(SplitFileDataset):
     """UCF101 mid-frames with CoOp's split file (80/20 train/val from trainlist01, testlist01 as test)."""
 
     dataset_dir = "ucf101"
     docs_anchor = "ucf101"
-    required_paths = ("UCF-101-midframes",)
+    image_subdir = "UCF-101-midframes"
+    required_paths = (image_subdir,)
     split_file = "split_zhou_UCF101.json"
     generates_split = True
+    raw_files = RAW_FILES
     official_counts = {"classes": 101, "train": 7639, "val": 1898, "test": 3783}
 
-    @classmethod
-    def extra_checks(cls, dataset_dir: str) -> list[str]:
-        """Without the split file, the official list files are needed to generate it."""
-        if os.path.isfile(os.path.join(dataset_dir, cls.split_file)):
-            return []
-        missing = [f for f in RAW_FILES if not os.path.isfile(os.path.join(dataset_dir, f))]
-        if not missing:
-            return []
-        return [
-            f"{os.path.join(dataset_dir, cls.split_file)} is missing and so are {missing}, needed to generate it. "
-            f"Download CoOp's split_zhou_UCF101.json. See {cls.docs_ref()}."
-        ]
-
-    def __init__(self, cfg) -> None:
-        self.dataset_dir = self.resolve_dataset_dir(cfg)
-        self.image_dir = self.require_dir(os.path.join(self.dataset_dir, "UCF-101-midframes"), "image folder")
-        self.split_path = os.path.join(self.dataset_dir, self.split_file)
-
-        if os.path.exists(self.split_path):
-            train, val, test = self.read_split(self.split_path, self.image_dir)
-        else:
-            cname2lab = {}
-            for line in self._read_lines(RAW_FILES[0]):
-                label, _, action = line.partition(" ")
-                cname2lab[action.strip()] = int(label) - 1  # 1-based in the file
-            trainval = self.read_data(cname2lab, RAW_FILES[1])
-            test = self.read_data(cname2lab, RAW_FILES[2])
-            train, val = self.split_trainval(trainval)
-            self.save_split(train, val, test, self.split_path, self.image_dir)
-
-        train, val = self.load_or_generate_fewshot(cfg, self.dataset_dir, train, val)
-        train, val, test = self.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
-
-    def _read_lines(self, filename: str) -> list[str]:
-        """Stripped non-blank lines of `dataset_dir/filename`; a missing file names the fix."""
-        path = os.path.join(self.dataset_dir, filename)
-        return self.read_lines(
-            path,
-            f"UCF101: neither {self.split_path} nor {path} (needed to generate it) exists. Download "
-            f"CoOp's split_zhou_UCF101.json into {self.dataset_dir}.",
-        )
+    def generate_split(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """80/20 per-class split of trainlist01.txt; testlist01.txt is the test set."""
+        cname2lab = {}
+        for line in self.read_raw_lines(RAW_FILES[0]):
+            label, _, action = line.partition(" ")
+            cname2lab[action.strip()] = int(label) - 1  # 1-based in the file
+        trainval = self.read_data(cname2lab, RAW_FILES[1])
+        test = self.read_data(cname2lab, RAW_FILES[2])
+        train, val = self.split_trainval(trainval)
+        return train, val, test
 
     def read_data(self, cname2lab: dict[str, int], text_file: str) -> list[Datum]:
         """Items of a list file: `Action/v_x.avi [id]` -> UCF-101-midframes/<Split_Action>/v_x.jpg."""
         items = []
-        for line in self._read_lines(text_file):
+        for line in self.read_raw_lines(text_file):
             action, _, filename = line.split(" ")[0].partition("/")
             if action not in cname2lab:
                 raise DatasetError(

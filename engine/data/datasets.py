@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 from engine.registry import Registry
 from engine.utils import atomic_write_bytes, listdir_nohidden, read_json, write_json
 
-__all__ = ["Datum", "DatasetBase", "DATASET_REGISTRY", "build_dataset", "DatasetError"]
+__all__ = ["Datum", "DatasetBase", "SplitFileDataset", "DATASET_REGISTRY", "build_dataset", "DatasetError"]
 
 logger = logging.getLogger(__name__)
 
@@ -596,6 +596,68 @@ class DatasetBase:
                     f"Delete the cache to resample, or check the dataset folder ({self.docs_ref()})."
                 ) from exc
         return out
+
+
+class SplitFileDataset(DatasetBase):
+    """A CoOp dataset read from its `split_zhou_*.json`, generated from the raw files when missing.
+
+    `__init__(cfg)` runs CoOp's construction flow: resolve `dataset_dir`; require the image folder
+    `image_subdir` (stored as `image_dir`); read `split_file` (paths relative to
+    `split_path_prefix()`) or, when it is missing, build it with `generate_split()` and save it;
+    then the few-shot cache (`load_or_generate_fewshot`) and base/new class subsampling.
+    Subclasses set the layout attributes (`raw_files` among them) and implement `generate_split`
+    from their raw files.
+    """
+
+    # Image folder under dataset_dir, checked on every build. None: no single image folder; split
+    # paths are then relative to dataset_dir itself and `generate_split` checks what it reads.
+    image_subdir: str | None = None
+    generates_split = True
+    # Raw annotation files (relative to dataset_dir) that `generate_split` reads; the doctor
+    # reports the missing ones while the split file is absent.
+    raw_files: tuple[str, ...] = ()
+
+    @classmethod
+    def extra_checks(cls, dataset_dir: str) -> list[str]:
+        """Without the split file, the raw files in `raw_files` are needed to generate it."""
+        return cls.missing_raw_files(dataset_dir, cls.raw_files)
+
+    def __init__(self, cfg) -> None:
+        self.dataset_dir = self.resolve_dataset_dir(cfg)
+        if self.image_subdir is not None:
+            self.image_dir = self.require_dir(os.path.join(self.dataset_dir, self.image_subdir), "image folder")
+        self.split_path = os.path.join(self.dataset_dir, self.split_file)
+        prefix = self.split_path_prefix()
+
+        if os.path.exists(self.split_path):
+            train, val, test = self.read_split(self.split_path, prefix)
+        else:
+            train, val, test = self.generate_split()
+            self.save_split(train, val, test, self.split_path, prefix)
+
+        train, val = self.load_or_generate_fewshot(cfg, self.dataset_dir, train, val)
+        train, val, test = self.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        super().__init__(train_x=train, val=val, test=test)
+
+    def split_path_prefix(self) -> str:
+        """Folder the split file's paths are relative to: `image_dir`, or `dataset_dir` without one."""
+        return self.image_dir if self.image_subdir is not None else self.dataset_dir
+
+    def generate_split(self) -> tuple[list[Datum], list[Datum], list[Datum]]:
+        """(train, val, test) built from the raw files; called only when the split file is missing."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot generate {self.split_path}; download CoOp's {self.split_file}. "
+            f"See {self.docs_ref()}."
+        )
+
+    def read_raw_lines(self, filename: str) -> list[str]:
+        """Stripped non-blank lines of the raw file `dataset_dir/filename`, read to generate the split."""
+        path = os.path.join(self.dataset_dir, filename)
+        return self.read_lines(
+            path,
+            f"{type(self).__name__}: neither {self.split_path} nor {path} (needed to generate it) exists. "
+            f"Download CoOp's {self.split_file} into {self.dataset_dir}.",
+        )
 
 
 def build_dataset(cfg) -> DatasetBase:
