@@ -73,12 +73,16 @@ class RandomDomainSampler(_TorchRandomSampler):
         self.batch_size, self.n_domain = batch_size, n_domain
         self.length = _estimate_length(self)
 
+    def _batch_domains(self, generator: torch.Generator | None) -> list:
+        """The domains one batch draws from."""
+        return _take(self.domains, self.n_domain, generator)
+
     def _indices(self, generator: torch.Generator | None) -> list[int]:
         remaining = {d: list(v) for d, v in self.domain_dict.items()}
         final: list[int] = []
         while True:
             stop = False
-            for domain in _take(self.domains, self.n_domain, generator):
+            for domain in self._batch_domains(generator):
                 pool = remaining[domain]
                 if len(pool) < self.n_img_per_domain:
                     return final
@@ -91,7 +95,7 @@ class RandomDomainSampler(_TorchRandomSampler):
                 return final
 
 
-class SeqDomainSampler(_TorchRandomSampler):
+class SeqDomainSampler(RandomDomainSampler):
     """Each batch visits every domain in sorted order, batch_size/n_domains random images each."""
 
     def __init__(self, data_source: Sequence, batch_size: int) -> None:
@@ -103,22 +107,8 @@ class SeqDomainSampler(_TorchRandomSampler):
         self.batch_size = batch_size
         self.length = _estimate_length(self)
 
-    def _indices(self, generator: torch.Generator | None) -> list[int]:
-        remaining = {d: list(v) for d, v in self.domain_dict.items()}
-        final: list[int] = []
-        while True:
-            stop = False
-            for domain in self.domains:
-                pool = remaining[domain]
-                if len(pool) < self.n_img_per_domain:
-                    return final
-                chosen = _take(pool, self.n_img_per_domain, generator)
-                final.extend(chosen)
-                chosen_set = set(chosen)
-                remaining[domain] = [i for i in pool if i not in chosen_set]
-                stop = stop or len(remaining[domain]) < self.n_img_per_domain
-            if stop:
-                return final
+    def _batch_domains(self, generator: torch.Generator | None) -> list:
+        return self.domains  # every domain, in sorted order
 
 
 class RandomClassSampler(_TorchRandomSampler):
