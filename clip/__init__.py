@@ -4,6 +4,7 @@ Imports nothing from the rest of the project.
 """
 
 from .loading import (
+    CheckpointError,
     MODEL_FILES,
     OPENAI_DATASET_MEAN,
     OPENAI_DATASET_STD,
@@ -31,6 +32,7 @@ from .tokenizer import EOT_TOKEN, SOT_TOKEN, decode_tokens, encode_text_tokens, 
 
 __all__ = [
     "CLIP",
+    "CheckpointError",
     "CLIPConfig",
     "EOT_TOKEN",
     "MODEL_FILES",

@@ -58,6 +58,12 @@ LOCAL_MODELS: Dict[str, str] = {DEMO_MODEL_NAME: os.path.join(_REPO_ROOT, "demo"
 _CHUNK = 1 << 20
 
 
+class CheckpointError(RuntimeError):
+    """A CLIP checkpoint that cannot be found, downloaded or read; the message says how to fix it.
+
+    Command-line tools report it as a user error (one message, no traceback)."""
+
+
 def available_models() -> List[str]:
     """Names of the released OpenAI CLIP models, in OpenAI's order."""
     return list(MODEL_FILES)
@@ -71,7 +77,7 @@ def default_cache_dir() -> str:
 def model_url(name: str) -> str:
     """Download URL of a released model; ``$CLIP_DOWNLOAD_BASE_URL`` replaces OpenAI's host (mirrors, tests)."""
     if name not in MODEL_FILES:
-        raise RuntimeError(f"Model {name!r} not found; available models = {available_models()}")
+        raise CheckpointError(f"Model {name!r} not found; available models = {available_models()}")
     file_name, sha256 = MODEL_FILES[name]
     base = os.environ.get("CLIP_DOWNLOAD_BASE_URL") or DEFAULT_BASE_URL
     return f"{base.rstrip('/')}/{sha256}/{file_name}"
@@ -113,7 +119,7 @@ def download(url: str, root: Optional[str] = None, expected_sha256: Optional[str
 
     if os.path.exists(target):
         if not os.path.isfile(target):
-            raise RuntimeError(f"{target} exists and is not a regular file. {fix}")
+            raise CheckpointError(f"{target} exists and is not a regular file. {fix}")
         if expected is None:
             return target
         actual = sha256_of(target)
@@ -144,14 +150,14 @@ def download(url: str, root: Optional[str] = None, expected_sha256: Optional[str
                         digest.update(chunk)
                         bar.update(len(chunk))
         except (urllib.error.URLError, OSError, ValueError) as error:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"Could not download {url}: {error}. Download the file manually into {root} "
                 f"(as {file_name}), set CLIP_DOWNLOAD_BASE_URL to a reachable mirror, "
                 "or pass a local checkpoint path instead of a model name."
             ) from error
         actual = digest.hexdigest()
         if expected is not None and actual != expected:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"Downloaded file for {target} has SHA-256 {actual}, expected {expected} (from {url}). "
                 f"The file was discarded. {fix}"
             )
@@ -173,7 +179,7 @@ def resolve_checkpoint(name_or_path: str, download_root: Optional[str] = None) -
     if name_or_path in LOCAL_MODELS:
         path = LOCAL_MODELS[name_or_path]
         if not os.path.isfile(path):
-            raise RuntimeError(
+            raise CheckpointError(
                 f"Model {name_or_path!r} should be the file {path}, which is missing. Restore it from the "
                 "repository (git checkout -- demo/assets) or re-create it with `python -m demo.pretrain_clip`."
             )
@@ -182,7 +188,7 @@ def resolve_checkpoint(name_or_path: str, download_root: Optional[str] = None) -
     if os.path.isfile(path):
         _warn_if_known_file_mismatch(path)
         return path
-    raise RuntimeError(
+    raise CheckpointError(
         f"Model {name_or_path!r} not found: it is neither a known model name nor an existing file. "
         f"Available models = {available_models()} and {list(LOCAL_MODELS)}; or pass the path of a checkpoint file."
     )
@@ -222,12 +228,18 @@ def load_state_dict(name_or_path: str, download_root: Optional[str] = None) -> D
     if _is_torchscript_archive(path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the only reader
-            raw: object = torch.jit.load(path, map_location="cpu").state_dict()
+            try:
+                raw: object = torch.jit.load(path, map_location="cpu").state_dict()
+            except Exception as error:  # a damaged archive fails in many ways
+                raise CheckpointError(
+                    f"Could not read the TorchScript checkpoint {path}: {error}. The file may be truncated or corrupt; "
+                    "delete it and download it again (or pass another checkpoint path)."
+                ) from error
     else:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # pickle errors come in many types
-            raise RuntimeError(
+            raise CheckpointError(
                 f"Could not read checkpoint {path}: {error}. Expected a TorchScript archive or a torch.save'd "
                 "state dict of tensors (loaded with weights_only=True)."
             ) from error
@@ -238,7 +250,7 @@ def _normalize_state_dict(raw: object, path: str) -> Dict[str, Tensor]:
     if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
         raw = raw["state_dict"]
     if not isinstance(raw, Mapping):
-        raise RuntimeError(f"Checkpoint {path} holds a {type(raw).__name__}, expected a state dict (a mapping of tensors).")
+        raise CheckpointError(f"Checkpoint {path} holds a {type(raw).__name__}, expected a state dict (a mapping of tensors).")
     state: Dict[str, Tensor] = OrderedDict()
     strip = bool(raw) and all(str(k).startswith("module.") for k in raw)
     for key, value in raw.items():
@@ -246,11 +258,11 @@ def _normalize_state_dict(raw: object, path: str) -> Dict[str, Tensor]:
         if key in EXTRA_KEYS:
             continue
         if not isinstance(value, Tensor):
-            raise RuntimeError(f"Checkpoint {path}: entry {key!r} is a {type(value).__name__}, expected a tensor.")
+            raise CheckpointError(f"Checkpoint {path}: entry {key!r} is a {type(value).__name__}, expected a tensor.")
         state[key] = value
     missing = [k for k in ("visual.conv1.weight", "token_embedding.weight", "text_projection") if k not in state]
     if missing:
-        raise RuntimeError(
+        raise CheckpointError(
             f"Checkpoint {path} is not an OpenAI-format CLIP state dict: keys {missing} are missing "
             f"(first keys found: {list(state)[:5]})."
         )

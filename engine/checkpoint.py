@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from engine.errors import UserError
 from engine.utils import atomic_open, atomic_write_bytes, mkdir_if_missing
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A checkpoint needs globals outside the allow-list; it was not loaded."""
 
 

@@ -20,6 +20,8 @@ import yaml
 from yacs.config import CfgNode as _YacsCfgNode
 from yacs.config import _check_and_coerce_cfg_value_type
 
+from engine.errors import UserError
+
 __all__ = [
     "CfgNode",
     "CN",
@@ -36,14 +38,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(UserError, KeyError):
     """A key that does not exist in the config tree was merged."""
 
-    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
-        return str(self.args[0]) if self.args else ""
 
-
-class ConfigTypeError(ValueError):
+class ConfigTypeError(UserError, ValueError):
     """A merged value does not have the type of the key's default."""
 
 

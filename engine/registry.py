@@ -14,7 +14,9 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["Registry", "check_availability", "closest_matches"]
+from engine.errors import UserError
+
+__all__ = ["Registry", "UnknownNameError", "check_availability", "closest_matches"]
 
 T = TypeVar("T")
 
@@ -35,6 +37,10 @@ def closest_matches(name: str, candidates: Iterable[str], n: int = 3, cutoff: fl
 def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
     matches = closest_matches(name, candidates)
     return f" Did you mean: {', '.join(matches)}?" if matches else ""
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name (trainer, dataset, ...) that is not registered."""
 
 
 class Registry:
@@ -73,7 +79,7 @@ class Registry:
         """The object registered as `name`; unknown names raise KeyError with suggestions."""
         if name not in self._obj_map:
             known = sorted(self._obj_map)
-            raise KeyError(
+            raise UnknownNameError(
                 f'Unknown name "{name}" in the "{self._name}" registry.{_did_you_mean(name, known)} '
                 f"Registered: {known}. (A name is registered when its module is imported.)"
             )

@@ -20,6 +20,7 @@ import random
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
+from engine.errors import UserError
 from engine.registry import Registry
 from engine.utils import atomic_write_bytes, listdir_nohidden, read_json, write_json
 
@@ -33,7 +34,7 @@ DATASET_REGISTRY = Registry("DATASET")
 LEGACY_DATUM_PATH = ("dassl.data.datasets.base_dataset", "Datum")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset on disk is missing, malformed or inconsistent with what the code expects."""
 
 
