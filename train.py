@@ -4,27 +4,52 @@ Example (zero-shot CLIP on Caltech101):
     python train.py --root DATA --trainer ZeroshotCLIP \
         --dataset-config-file configs/datasets/caltech101.yaml \
         --config-file configs/trainers/CoOp/vit_b16.yaml --output-dir output/zsclip --eval-only
+
+A user mistake (unknown trainer, key or value, missing file or folder, a GPU that is not there)
+ends with one `error: ...` message and exit status 2. Ctrl-C or SIGTERM stops the run; the state
+after the last finished epoch is on disk, and the same command continues from there.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 
+import clip
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # noqa: F401  (registers the trainers)
 from engine import TRAINER_REGISTRY, build_trainer, get_cfg_default
 from engine.config import cfg_to_yaml, merge_from_file, merge_from_list
-from engine.utils import collect_env_info, mkdir_if_missing, set_random_seed, setup_logger
+from engine.data import DATASET_REGISTRY
+from engine.errors import ConfigValueError, MissingFileError, UserError, run_cli
+from engine.trainer import select_device
+from engine.utils import FILE_ONLY, atomic_write_bytes, collect_env_info, mkdir_if_missing, set_random_seed, setup_logger
 from trainers.common import resolve_input_size
 
 logger = logging.getLogger("train")
 
+# Exceptions that are the user's mistake beyond engine.errors.UserError (clip/ imports nothing of ours).
+USER_ERRORS = (clip.CheckpointError,)
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+class _UsageParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise (for checking many command lines in one process)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigValueError(f"invalid command line: {message}")
+
+
+def build_parser(raise_on_error: bool = False) -> argparse.ArgumentParser:
+    cls = _UsageParser if raise_on_error else argparse.ArgumentParser
+    parser = cls(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=str, default="", help="path to the dataset root (DATASET.ROOT)")
     parser.add_argument("--output-dir", type=str, default="", help="output directory (OUTPUT_DIR)")
     parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from (RESUME)")
@@ -46,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch (default: model-best)")
     parser.add_argument("--no-train", action="store_true", help="build the trainer (data, caches, model) and exit")
     parser.add_argument(
+        "--check", action="store_true",
+        help="check the run's settings (trainer, config files and keys, dataset name, backbone, GPU) without "
+        "loading data or weights; exit 0 if it would start, 2 with the problem otherwise",
+    )
+    parser.add_argument(
+        "--check-commands", metavar="FILE",
+        help="like --check for many runs: FILE holds one JSON list of train.py arguments per line; prints one "
+        'JSON line per run ({"ok": true} or {"ok": false, "error": "..."}); exit 2 if any run fails the check',
+    )
+    parser.add_argument(
         "opts", default=None, nargs=argparse.REMAINDER,
         help="modify config options as KEY VALUE pairs, after all flags",
     )
@@ -58,6 +93,13 @@ def extend_cfg(cfg) -> None:
         extend = getattr(TRAINER_REGISTRY.get(name), "extend_cfg", None)
         if extend is not None:
             extend(cfg)
+
+
+def default_cfg():
+    """The engine defaults plus every trainer's keys: what `setup_cfg` starts from."""
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    return cfg
 
 
 def reset_cfg(cfg, args: argparse.Namespace) -> None:
@@ -85,8 +127,7 @@ def reset_cfg(cfg, args: argparse.Namespace) -> None:
 
 def setup_cfg(args: argparse.Namespace):
     """defaults -> trainer keys -> dataset file -> method file -> flags -> KEY VALUE opts."""
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
+    cfg = default_cfg()
     if args.dataset_config_file:
         merge_from_file(cfg, args.dataset_config_file)
     if args.config_file:
@@ -98,23 +139,122 @@ def setup_cfg(args: argparse.Namespace):
     return cfg
 
 
+# ----------------------------------------------------------------------------- checks
+def check_run(args: argparse.Namespace, cfg=None) -> None:
+    """Everything about a run that can be checked without data or weights: raise a user error if it
+    would fail to start. `--model-dir` is not checked (a sweep checks eval runs before training)."""
+    cfg = cfg if cfg is not None else setup_cfg(args)
+    if not cfg.TRAINER.NAME:
+        raise ConfigValueError(
+            "No trainer given: pass --trainer NAME (one of: "
+            + ", ".join(sorted(TRAINER_REGISTRY.registered_names())) + ")."
+        )
+    trainer_cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    if not args.eval_only and not trainer_cls.has_training:
+        raise ConfigValueError(f"{cfg.TRAINER.NAME} has nothing to train: run it with --eval-only.")
+    trainer_cls.check_cfg(cfg)
+    if not cfg.DATASET.NAME:
+        raise ConfigValueError("No dataset given: pass --dataset-config-file configs/datasets/<name>.yaml.")
+    DATASET_REGISTRY.get(cfg.DATASET.NAME)
+    if cfg.DATASET.ROOT and not os.path.isdir(os.path.expanduser(cfg.DATASET.ROOT)):
+        raise MissingFileError(
+            f"Data root not found: {cfg.DATASET.ROOT} (--root / DATASET.ROOT). Point it at the folder that holds "
+            "the datasets (DATASETS.md)."
+        )
+    clip.check_model_name(cfg.MODEL.BACKBONE.NAME)
+    select_device(cfg)
+
+
+@dataclass
+class CheckOutcome:
+    ok: bool
+    error: str = ""
+
+
+def check_commands(path: str) -> int:
+    """`--check-commands FILE`: check each run (one JSON argument list per line); 0 if all pass, else 2."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"--check-commands: file not found: {path}")
+    outcomes = [_check_one(line) for line in _json_lines(path)]
+    for outcome in outcomes:
+        print(json.dumps(outcome.__dict__), flush=True)
+    return 0 if all(o.ok for o in outcomes) else 2
+
+
+def _json_lines(path: str) -> Iterator[str]:
+    with open(path) as f:
+        yield from (line for line in f if line.strip())
+
+
+def _check_one(line: str) -> CheckOutcome:
+    try:
+        argv = json.loads(line)
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise ConfigValueError(f"expected a JSON list of strings, got {line.strip()[:80]}")
+        check_run(build_parser(raise_on_error=True).parse_args(argv))
+    except (UserError, *USER_ERRORS) as e:
+        return CheckOutcome(False, str(e))
+    return CheckOutcome(True)
+
+
+# ----------------------------------------------------------------------------- the run
+def changed_options(cfg) -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf that differs from `default_cfg()`, in tree order."""
+    out: list[tuple[str, Any]] = []
+
+    def walk(node, default, prefix: str) -> None:
+        for key, value in node.items():
+            ref = default.get(key) if default is not None else None
+            if hasattr(value, "items"):
+                walk(value, ref, f"{prefix}{key}.")
+            elif ref is None or _plain(value) != _plain(ref):
+                out.append((prefix + key, value))
+
+    walk(cfg, default_cfg(), "")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def run_summary(cfg, args: argparse.Namespace) -> str:
+    """The few lines the console shows about a run (the full config goes to log.txt and config.yaml)."""
+    subsample = cfg.DATASET.SUBSAMPLE_CLASSES
+    shots = f", {cfg.DATASET.NUM_SHOTS} shots" if cfg.DATASET.NUM_SHOTS > 0 else ""
+    what = "evaluate" if args.eval_only else f"train {cfg.OPTIM.MAX_EPOCH} epochs"
+    headline = (
+        f"{cfg.TRAINER.NAME} on {cfg.DATASET.NAME} ({subsample} classes{shots}), backbone "
+        f"{cfg.MODEL.BACKBONE.NAME or '(none)'}, seed {cfg.SEED}: {what} -> {cfg.OUTPUT_DIR}"
+    )
+    shown = {"TRAINER.NAME", "DATASET.NAME", "MODEL.BACKBONE.NAME", "OUTPUT_DIR", "SEED"}
+    changed = [f"{k} {v}" for k, v in changed_options(cfg) if k not in shown]
+    return "\n".join([
+        headline,
+        "Settings that differ from the defaults: " + (", ".join(changed) or "none"),
+        f"Full config: {os.path.join(cfg.OUTPUT_DIR, 'config.yaml')}; log: {os.path.join(cfg.OUTPUT_DIR, 'log.txt')}",
+    ])
+
+
 def main(args: argparse.Namespace) -> dict | None:
+    """One run, in-process (tests call this); errors propagate. The command line goes through `cli`."""
     cfg = setup_cfg(args)
+    check_run(args, cfg)
+    if args.check:
+        print(f"OK: {cfg.TRAINER.NAME} on {cfg.DATASET.NAME} would start (data and weights not checked).")
+        return None
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
     setup_logger(cfg.OUTPUT_DIR)
-    if cfg.SEED >= 0:
-        logger.info("Setting fixed seed: %d", cfg.SEED)
+    logger.info(run_summary(cfg, args))
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
-
-    logger.info("** Arguments **")
-    for key in sorted(vars(args)):
-        logger.info("%s: %s", key, getattr(args, key))
-    logger.info("** Config **\n%s", cfg)
+    logger.info("** Arguments **\n%s", "\n".join(f"{k}: {getattr(args, k)}" for k in sorted(vars(args))),
+                extra=FILE_ONLY)
+    logger.info("** Config **\n%s", cfg, extra=FILE_ONLY)
     mkdir_if_missing(cfg.OUTPUT_DIR)
-    _write_text_atomic(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg_to_yaml(cfg))
-    logger.info("Collecting env info ...\n%s", collect_env_info())
+    atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg_to_yaml(cfg).encode("utf-8"))
+    logger.info("Collecting env info ...\n%s", collect_env_info(), extra=FILE_ONLY)
 
     trainer = build_trainer(cfg)
     if args.eval_only:
@@ -129,12 +269,31 @@ def main(args: argparse.Namespace) -> dict | None:
     return None
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (a sweep runner or a cluster stopping the job)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: user errors as one message (exit 2); Ctrl-C/SIGTERM end with how to continue."""
+    args = build_parser().parse_args(argv)
+    if args.check_commands:
+        return run_cli(lambda: check_commands(args.check_commands), USER_ERRORS)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return run_cli(lambda: main(args) and None, USER_ERRORS)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+        print(f"Stopped by {signal.Signals(signum).name}. To continue, run the same command again "
+              f"(same --output-dir): {command}", file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    sys.exit(cli())

@@ -176,6 +176,25 @@ def resolve_checkpoint(name_or_path: str, download_root: Optional[str] = None) -
     """File path for a model name (cached or downloaded), a shipped model ("demo") or an existing checkpoint path."""
     if name_or_path in MODEL_FILES:
         return download(model_url(name_or_path), download_root or default_cache_dir(), MODEL_FILES[name_or_path][1])
+    path = _local_file(name_or_path)
+    _warn_if_known_file_mismatch(path)
+    return path
+
+
+def check_model_name(name_or_path: str) -> None:
+    """Raise `CheckpointError` unless `name_or_path` is a released model name, a shipped model or an
+    existing file. Downloads and reads nothing (for checking a run's settings before it starts)."""
+    if not name_or_path:
+        raise CheckpointError(
+            "MODEL.BACKBONE.NAME is empty: give a CLIP name (e.g. ViT-B/16) or a checkpoint path, "
+            "in the trainer config or as 'MODEL.BACKBONE.NAME <name>' on the command line."
+        )
+    if name_or_path not in MODEL_FILES:
+        _local_file(name_or_path)
+
+
+def _local_file(name_or_path: str) -> str:
+    """The file of a shipped model name or of an existing path; a clear error otherwise."""
     if name_or_path in LOCAL_MODELS:
         path = LOCAL_MODELS[name_or_path]
         if not os.path.isfile(path):
@@ -186,7 +205,6 @@ def resolve_checkpoint(name_or_path: str, download_root: Optional[str] = None) -
         return path
     path = os.path.expanduser(str(name_or_path))
     if os.path.isfile(path):
-        _warn_if_known_file_mismatch(path)
         return path
     raise CheckpointError(
         f"Model {name_or_path!r} not found: it is neither a known model name nor an existing file. "

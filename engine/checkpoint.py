@@ -24,16 +24,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from engine.errors import UserError
+from engine.errors import ConfigValueError, MissingFileError, UserError
 from engine.utils import atomic_open, atomic_write_bytes, mkdir_if_missing
 
 __all__ = [
     "save_checkpoint",
+    "write_loadable",
+    "checkpoint_name",
+    "parse_checkpoint_epoch",
     "load_checkpoint",
     "resume_from_checkpoint",
     "load_pretrained_weights",
     "LEGACY_SAFE_GLOBALS",
     "UnsafeCheckpointError",
+    "CorruptCheckpointError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A checkpoint needs globals outside the allow-list; it was not loaded."""
+
+
+class CorruptCheckpointError(UserError, RuntimeError):
+    """A checkpoint file that cannot be read at all (truncated, empty, not a torch file)."""
 
 
 def _legacy_defaultdict(default_factory: Any = None, *args: Any) -> dict:
@@ -105,6 +113,23 @@ def _strip_module_prefix(state_dict: Any) -> Any:
     return out
 
 
+CHECKPOINT_PREFIX = "model.pth.tar-"
+BEST_CHECKPOINT_NAME = "model-best.pth.tar"
+
+
+def checkpoint_name(epoch: int) -> str:
+    """Dassl's file name of the checkpoint after `epoch` finished epochs: ``model.pth.tar-<epoch>``."""
+    return f"{CHECKPOINT_PREFIX}{int(epoch)}"
+
+
+def parse_checkpoint_epoch(fname: str) -> int | None:
+    """The epoch in a ``model.pth.tar-<epoch>`` file name; None for any other name."""
+    base = os.path.basename(fname)
+    if base.startswith(CHECKPOINT_PREFIX) and base[len(CHECKPOINT_PREFIX):].isdigit():
+        return int(base[len(CHECKPOINT_PREFIX):])
+    return None
+
+
 def save_checkpoint(
     state: dict,
     save_dir: str,
@@ -129,13 +154,30 @@ def save_checkpoint(
     else:
         if "epoch" not in state:
             raise KeyError("save_checkpoint() needs state['epoch'] to name the file (or pass model_name=...).")
-        fname = f"model.pth.tar-{state['epoch']}"
+        fname = checkpoint_name(state["epoch"])
     fpath = os.path.join(save_dir, fname)
 
+    write_loadable(state, fpath)
+    logger.info(f"Checkpoint saved to {fpath}")
+
+    # The pointer names the file just written (also when it is model-best.pth.tar).
+    atomic_write_bytes(os.path.join(save_dir, "checkpoint"), (os.path.basename(fpath) + "\n").encode("utf-8"))
+
+    if is_best:
+        best_fpath = os.path.join(save_dir, BEST_CHECKPOINT_NAME)
+        if os.path.abspath(best_fpath) != os.path.abspath(fpath):
+            with open(fpath, "rb") as src, atomic_open(best_fpath, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
+        logger.info(f'Best checkpoint saved to "{best_fpath}"')
+    return fpath
+
+
+def write_loadable(state: dict, fpath: str) -> None:
+    """`torch.save(state)` to `fpath` atomically, refusing (and leaving any previous file untouched)
+    if the result could not be read back with ``torch.load(weights_only=True)``."""
     with atomic_open(fpath, "wb") as f:
         torch.save(state, f)
         f.flush()
-        # Refuse (and leave any previous file untouched) if the result could not be read back safely.
         unsafe = _unsafe_globals(f.name)
         if unsafe:
             raise TypeError(
@@ -143,18 +185,6 @@ def save_checkpoint(
                 f"cannot read back ({unsafe}). Store plain data instead (state_dict() of optimizers and "
                 "schedulers, Python floats instead of NumPy scalars)."
             )
-    logger.info(f"Checkpoint saved to {fpath}")
-
-    # The pointer names the file just written (also when it is model-best.pth.tar).
-    atomic_write_bytes(os.path.join(save_dir, "checkpoint"), (os.path.basename(fpath) + "\n").encode("utf-8"))
-
-    if is_best:
-        best_fpath = os.path.join(save_dir, "model-best.pth.tar")
-        if os.path.abspath(best_fpath) != os.path.abspath(fpath):
-            with open(fpath, "rb") as src, atomic_open(best_fpath, "wb") as dst:
-                shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
-        logger.info(f'Best checkpoint saved to "{best_fpath}"')
-    return fpath
 
 
 def _checkpoint_like_files(folder: str) -> list[str]:
@@ -184,20 +214,26 @@ def load_checkpoint(fpath: str | None) -> dict:
     a file needing any other global raises `UnsafeCheckpointError` naming those globals.
     """
     if fpath is None:
-        raise ValueError("load_checkpoint() got fpath=None; pass the path of a checkpoint file.")
+        raise ConfigValueError("load_checkpoint() got fpath=None; pass the path of a checkpoint file.")
     if not os.path.exists(fpath):
         folder = os.path.dirname(os.path.abspath(fpath))
         present = _checkpoint_like_files(folder)
         listing = f"Checkpoint files in {folder}: {present}." if present else f"No checkpoint files in {folder}."
-        raise FileNotFoundError(f'Checkpoint file not found at "{fpath}". {listing}')
+        raise MissingFileError(f'Checkpoint file not found at "{fpath}". {listing}')
 
     try:
         return _torch_load(fpath)
+    except (RuntimeError, EOFError, OSError) as error:  # e.g. "PytorchStreamReader failed reading zip archive"
+        raise CorruptCheckpointError(
+            f"Cannot read checkpoint {fpath}: {error}. The file is truncated or corrupt (an interrupted copy?), "
+            "or not a PyTorch checkpoint; copy it again or point at another file."
+        ) from error
     except pickle.UnpicklingError as first_error:
         unsafe = _unsafe_globals(fpath)
         if unsafe is None:
             raise UnsafeCheckpointError(
-                f"Cannot load {fpath} with weights_only=True and cannot list the globals it needs: {first_error}"
+                f"Cannot load {fpath} with weights_only=True: {first_error} It is corrupt, not a PyTorch checkpoint, "
+                "or a raw pickle of objects the safe loader never runs; use a torch.save'd file of tensors."
             ) from first_error
         offending = sorted(g for g in unsafe if g not in LEGACY_SAFE_GLOBALS)
         if offending or not unsafe:
@@ -220,14 +256,14 @@ def load_checkpoint(fpath: str | None) -> dict:
 def _read_pointer(fdir: str) -> str:
     pointer = os.path.join(fdir, "checkpoint")
     if not os.path.isfile(pointer):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No 'checkpoint' pointer file in {fdir} (files: {_checkpoint_like_files(fdir)}). "
             "It is written by save_checkpoint(); point RESUME/OUTPUT_DIR at the run's output folder."
         )
     with open(pointer, "r") as f:
         fname = f.readline().strip()
     if not fname:
-        raise ValueError(f"The pointer file {pointer} is empty; delete it or save a checkpoint again.")
+        raise CorruptCheckpointError(f"The pointer file {pointer} is empty; delete it or save a checkpoint again.")
     return os.path.join(fdir, fname)
 
 

@@ -20,7 +20,7 @@ import yaml
 from yacs.config import CfgNode as _YacsCfgNode
 from yacs.config import _check_and_coerce_cfg_value_type
 
-from engine.errors import UserError
+from engine.errors import ConfigValueError, MissingFileError, UserError
 
 __all__ = [
     "CfgNode",
@@ -313,16 +313,16 @@ def merge_from_file(cfg: _YacsCfgNode, path: str) -> None:
     Nothing is merged unless every key exists and every value has the right type.
     """
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file not found: {path!r}. Check the --config-file / --dataset-config-file path.")
+        raise MissingFileError(f"Config file not found: {path!r}. Check the --config-file / --dataset-config-file path.")
     with open(path, "r") as f:
         try:
             loaded = yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise ValueError(f"Config file {path} is not valid YAML: {e}") from e
+            raise ConfigValueError(f"Config file {path} is not valid YAML: {e}") from e
     if loaded is None:  # empty file: nothing to merge
         return
     if not isinstance(loaded, dict):
-        raise ValueError(f"Config file {path} must hold a mapping of keys to values, got {type(loaded).__name__}.")
+        raise ConfigValueError(f"Config file {path} must hold a mapping of keys to values, got {type(loaded).__name__}.")
     source = f"file {path}"
     unknown = _find_unknown(loaded, cfg)
     if unknown:
@@ -341,7 +341,7 @@ def merge_from_list(cfg: _YacsCfgNode, opts: Sequence[Any] | None) -> None:
         return
     opts = list(opts)
     if len(opts) % 2 != 0:
-        raise ValueError(
+        raise ConfigValueError(
             f"Config overrides must come in KEY VALUE pairs, got an odd number ({len(opts)}) of items: {opts}. "
             "Check for a missing value or a stray word after the flags."
         )
@@ -349,7 +349,7 @@ def merge_from_list(cfg: _YacsCfgNode, opts: Sequence[Any] | None) -> None:
     unknown, targets = [], []
     for key, value in zip(opts[0::2], opts[1::2]):
         if not isinstance(key, str):
-            raise ValueError(f"Config override key must be a dotted string like OPTIM.LR, got {key!r}.")
+            raise ConfigValueError(f"Config override key must be a dotted string like OPTIM.LR, got {key!r}.")
         node: Any = cfg
         parts = key.split(".")
         for part in parts[:-1]:

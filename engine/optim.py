@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
+from engine.errors import ConfigValueError
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR, StepLR
 
 __all__ = [
@@ -54,7 +55,7 @@ def build_optimizer(
     new_layers = optim_cfg.NEW_LAYERS
 
     if name not in AVAILABLE_OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer OPTIM.NAME={name!r}; expected one of {AVAILABLE_OPTIMIZERS}.")
+        raise ConfigValueError(f"Unknown optimizer OPTIM.NAME={name!r}; expected one of {AVAILABLE_OPTIMIZERS}.")
 
     if param_groups is not None and staged_lr:
         warnings.warn(
@@ -77,7 +78,7 @@ def build_optimizer(
             children = dict(model.named_children())
             missing = [n for n in new_layers if n not in children]
             if missing:
-                raise ValueError(
+                raise ConfigValueError(
                     f"OPTIM.NEW_LAYERS names {missing}, which are not direct children of the model "
                     f"(children: {list(children)})."
                 )
@@ -161,7 +162,7 @@ class _BaseWarmupScheduler(LRScheduler):
                 successor_state = dict(legacy_successor)
             elif hasattr(legacy_successor, "__dict__"):
                 if type(legacy_successor).__name__ != type(self.successor).__name__:
-                    raise ValueError(
+                    raise ConfigValueError(
                         f"Checkpoint scheduler was built on {type(legacy_successor).__name__} but this run uses "
                         f"{type(self.successor).__name__}; set OPTIM.LR_SCHEDULER as in the run that saved it."
                     )
@@ -239,7 +240,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> LRSc
     max_epoch = optim_cfg.MAX_EPOCH
 
     if lr_scheduler not in AVAILABLE_LR_SCHEDULERS:
-        raise ValueError(
+        raise ConfigValueError(
             f"Unknown LR scheduler OPTIM.LR_SCHEDULER={lr_scheduler!r}; expected one of {AVAILABLE_LR_SCHEDULERS}."
         )
 
@@ -269,5 +270,5 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> LRSc
         elif optim_cfg.WARMUP_TYPE == "linear":
             scheduler = LinearWarmupScheduler(optimizer, scheduler, optim_cfg.WARMUP_EPOCH, optim_cfg.WARMUP_MIN_LR)
         else:
-            raise ValueError(f"Unknown OPTIM.WARMUP_TYPE={optim_cfg.WARMUP_TYPE!r}; expected 'constant' or 'linear'.")
+            raise ConfigValueError(f"Unknown OPTIM.WARMUP_TYPE={optim_cfg.WARMUP_TYPE!r}; expected 'constant' or 'linear'.")
     return scheduler

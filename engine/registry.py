@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from engine.errors import UserError
+from engine.errors import ConfigValueError, UserError
 
 __all__ = ["Registry", "UnknownNameError", "check_availability", "closest_matches"]
 
@@ -116,4 +116,4 @@ def check_availability(requested: str, available: Iterable[str]) -> None:
         if score >= best_score:  # ">=" makes ties go to the later candidate
             best, best_score = cand, score
     hint = f' Did you mean "{best}"?' if best is not None else ""
-    raise ValueError(f'The requested one "{requested}" is not available (available: {available}).{hint}')
+    raise ConfigValueError(f'The requested one "{requested}" is not available (available: {available}).{hint}')

@@ -25,8 +25,16 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import (
+    BEST_CHECKPOINT_NAME,
+    checkpoint_name,
+    load_checkpoint,
+    parse_checkpoint_epoch,
+    save_checkpoint,
+    write_loadable,
+)
 from engine.data import DataManager
+from engine.errors import ConfigValueError, MissingFileError, UserError
 from engine.evaluation import build_evaluator
 from engine.registry import Registry
 from engine.utils import (
@@ -43,11 +51,15 @@ logger = logging.getLogger(__name__)
 TRAINER_REGISTRY = Registry("TRAINER")
 
 
+class CheckpointMismatchError(UserError, RuntimeError):
+    """A checkpoint whose tensors do not fit the model (another trainer, backbone or prompt setting)."""
+
+
 def build_trainer(cfg) -> "TrainerBase":
     """Instantiate the trainer named by `cfg.TRAINER.NAME`."""
     name = cfg.TRAINER.NAME
     if not name:
-        raise ValueError(
+        raise ConfigValueError(
             "No trainer given: pass --trainer NAME (one of: "
             + ", ".join(sorted(TRAINER_REGISTRY.registered_names()))
             + ")."
@@ -63,19 +75,68 @@ def progress_bars_enabled() -> bool:
 
 
 def select_device(cfg) -> torch.device:
-    """cuda when available and allowed by `USE_CUDA`, otherwise cpu."""
+    """cuda when available and allowed by `USE_CUDA`, otherwise cpu.
+
+    A run that asks for GPUs (USE_CUDA True and CUDA_VISIBLE_DEVICES naming devices) on a machine
+    where torch sees none is a user error, not a silent and much slower CPU run. Without
+    CUDA_VISIBLE_DEVICES, USE_CUDA True (the default) means "use a GPU if there is one".
+    """
     if cfg.USE_CUDA and torch.cuda.is_available():
         return torch.device("cuda")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cfg.USE_CUDA and visible not in (None, "", "-1"):
-        # Asked for GPUs that torch cannot see: say so instead of a silent (slow) CPU run.
-        logger.warning(
-            "CUDA_VISIBLE_DEVICES=%s but no CUDA device is usable (wrong GPU id, driver or CPU-only torch): "
-            "running on CPU. Check `nvidia-smi` and the GPU ids, or set USE_CUDA False to silence this.",
-            visible,
+        raise ConfigValueError(
+            f"CUDA_VISIBLE_DEVICES={visible} asks for GPU(s), but torch sees no usable CUDA device "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): a wrong GPU id, a driver problem or a "
+            "CPU-only torch. Check `nvidia-smi` and the GPU ids; to run on the CPU, unset CUDA_VISIBLE_DEVICES "
+            "or pass USE_CUDA False."
         )
     logger.info("Device: cpu")
     return torch.device("cpu")
+
+
+RESUME_POINT_NAME = "resume.pth.tar"  # in OUTPUT_DIR: the rolling state after the last finished epoch
+
+
+def memory_in_use_mb(device: torch.device) -> float:
+    """Memory the process holds now: allocated CUDA memory, or the resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return _proc_status_kb("VmRSS") / 1024
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak measurement; False where the peak cannot be reset (then it is the process's)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux: writing 5 resets the peak RSS (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak since the last `reset_peak_memory` (CUDA allocations, or the CPU's peak RSS)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _proc_status_kb("VmHWM")
+    # ru_maxrss is in KiB on Linux; it is the process's lifetime peak (never reset).
+    return (hwm if hwm > 0 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+def _proc_status_kb(field: str) -> float:
+    """A `kB` field of /proc/self/status (0 where there is none, e.g. not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
 
 
 class TrainerBase:
@@ -126,9 +187,20 @@ class TrainerBase:
             save_checkpoint(state, os.path.join(directory, name), is_best=is_best, model_name=model_name)
 
     def resume_model_if_exist(self, directory: str) -> int:
-        """Resume every registered model from `directory/<name>/checkpoint`; return the next epoch."""
+        """Restore the newest saved state in `directory`; return the next epoch (0: nothing to resume).
+
+        Two kinds of state may be there: the rolling resume point (`RESUME_POINT_NAME`, written
+        after every finished epoch) and the Dassl checkpoints of each registered model
+        (`<name>/checkpoint` naming `model.pth.tar-<E>`, written every TRAIN.CHECKPOINT_FREQ epochs
+        and at the end). The one with more finished epochs wins.
+        """
         names = self.get_model_names()
-        if not names or not all(os.path.isfile(os.path.join(directory, n, "checkpoint")) for n in names):
+        point_path = os.path.join(directory, RESUME_POINT_NAME)
+        point = load_checkpoint(point_path) if names and os.path.isfile(point_path) else None
+        regular = self._regular_checkpoint_epoch(directory, names)
+        if point is not None and (regular is None or int(point["epoch"]) >= regular):
+            return self._restore_resume_point(point, point_path)
+        if regular is None:
             logger.info("No checkpoint found, train from scratch")
             return 0
         start_epoch = 0
@@ -139,29 +211,92 @@ class TrainerBase:
             fpath = os.path.join(fdir, fname)
             logger.info("Resume %s from %s", name, fpath)
             checkpoint = load_checkpoint(fpath)
-            self._models[name].load_state_dict(checkpoint["state_dict"])
-            if self._optims[name] is not None and checkpoint.get("optimizer") is not None:
-                self._optims[name].load_state_dict(checkpoint["optimizer"])
-            if self._scheds[name] is not None and checkpoint.get("scheduler") is not None:
-                self._scheds[name].load_state_dict(checkpoint["scheduler"])
+            self._restore_model_state(name, checkpoint)
             if checkpoint.get("rng_state") is not None:
                 set_rng_state(checkpoint["rng_state"])
             start_epoch = int(checkpoint["epoch"])
             logger.info("Previous epoch: %d", start_epoch)
         return start_epoch
 
+    @staticmethod
+    def _regular_checkpoint_epoch(directory: str, names: list[str]) -> int | None:
+        """Finished epochs of the Dassl checkpoints all registered models point at (None: not all have one)."""
+        if not names or not all(os.path.isfile(os.path.join(directory, n, "checkpoint")) for n in names):
+            return None
+        epochs = []
+        for name in names:
+            with open(os.path.join(directory, name, "checkpoint")) as f:
+                fname = f.readline().strip()
+            parsed = parse_checkpoint_epoch(fname)
+            if parsed is None:  # model-best.pth.tar: its epoch is inside
+                parsed = int(load_checkpoint(os.path.join(directory, name, fname))["epoch"])
+            epochs.append(parsed)
+        return min(epochs)
+
+    def _restore_model_state(self, name: str, state: Mapping[str, Any]) -> None:
+        self._models[name].load_state_dict(state["state_dict"])
+        if self._optims[name] is not None and state.get("optimizer") is not None:
+            self._optims[name].load_state_dict(state["optimizer"])
+        if self._scheds[name] is not None and state.get("scheduler") is not None:
+            self._scheds[name].load_state_dict(state["scheduler"])
+
+    def _restore_resume_point(self, point: Mapping[str, Any], path: str) -> int:
+        missing = [n for n in self.get_model_names() if n not in point["models"]]
+        if missing:
+            raise ConfigValueError(
+                f"The resume point {path} has no state for {missing} (it holds {sorted(point['models'])}): it was "
+                "written by another trainer or configuration. Use a new --output-dir, or delete the file to "
+                "resume from the regular checkpoints."
+            )
+        for name in self.get_model_names():
+            self._restore_model_state(name, point["models"][name])
+        self.load_resume_state(point.get("trainer_state") or {})
+        set_rng_state(point["rng_state"])
+        epoch = int(point["epoch"])
+        logger.info("Resumed from %s: %d epoch(s) finished, continuing with epoch %d", path, epoch, epoch + 1)
+        logger.info("Previous epoch: %d", epoch)
+        return epoch
+
+    def save_resume_point(self, directory: str, finished_epochs: int) -> str:
+        """Write the state after `finished_epochs` epochs to `directory/RESUME_POINT_NAME` (atomically,
+        replacing the previous one): what a rerun needs to continue bit-identically."""
+        models = {}
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            models[name] = {
+                "state_dict": self._models[name].state_dict(),
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+            }
+        state = {
+            "epoch": finished_epochs,
+            "models": models,
+            "rng_state": get_rng_state(),
+            "trainer_state": self.resume_state(),
+        }
+        path = os.path.join(directory, RESUME_POINT_NAME)
+        write_loadable(state, path)
+        return path
+
+    def resume_state(self) -> dict:
+        """Trainer state beyond models, optimisers and RNGs that a resumed run needs (plain data only)."""
+        return {}
+
+    def load_resume_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what `resume_state` returned."""
+
     def load_model(self, directory: str, epoch: int | None = None) -> None:
         """Load `model-best.pth.tar` or `model.pth.tar-<epoch>` of every registered model."""
         if not directory:
             logger.warning("load_model() is skipped: no --model-dir given, the model keeps its initial weights")
             return
-        fname = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        fname = BEST_CHECKPOINT_NAME if epoch is None else checkpoint_name(epoch)
         for name in self.get_model_names():
             fpath = os.path.join(directory, name, fname)
             if not os.path.exists(fpath):
                 folder = os.path.join(directory, name)
                 present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"Checkpoint not found: {fpath}. "
                     + (f"Files in {folder}: {present}. " if present else f"{folder} does not exist. ")
                     + "Check --model-dir (the training run's --output-dir) and --load-epoch (= the run's MAX_EPOCH)."
@@ -188,7 +323,7 @@ class TrainerBase:
             if k in own and tuple(v.shape) != tuple(own[k].shape)
         ]
         if unexpected or missing or mismatched:
-            raise RuntimeError(
+            raise CheckpointMismatchError(
                 f"Checkpoint {fpath} does not fit the '{name}' module of trainer {type(self).__name__}. "
                 f"Unexpected keys: {unexpected[:8]}; missing keys: {missing[:8]}; shape mismatches: {mismatched[:8]}. "
                 "Was it saved by another trainer, backbone or prompt configuration (e.g. N_CTX, CTX_INIT, CSC)?"
@@ -302,11 +437,14 @@ class TrainerBase:
 class SimpleTrainer(TrainerBase):
     """Data, evaluator, test loop, epoch-end checkpointing and the run's results file."""
 
+    has_training = True  # False: evaluation only (zero-shot methods); train.py then needs --eval-only
+
     def __init__(self, cfg) -> None:
         super().__init__()
         self.check_cfg(cfg)
         self.device = select_device(cfg)
         self.start_epoch = self.epoch = 0
+        self.finished_epochs = 0  # epochs whose state is saved (resume point or checkpoint)
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
@@ -315,6 +453,8 @@ class SimpleTrainer(TrainerBase):
         self.train_images_seen = 0  # images through forward_backward, for throughput
         self.test_time_s: float | None = None
         self.last_test: dict | None = None
+        self.resident_memory_mb: float | None = None  # once the model is built
+        self.train_step_memory_mb: float | None = None  # what training adds on top of it (peak - resident)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.build_data_loader()
@@ -322,8 +462,17 @@ class SimpleTrainer(TrainerBase):
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, keep_outputs=True)
         self.best_result = -np.inf
 
-    def check_cfg(self, cfg) -> None:
-        """Hook for trainer-specific assertions on the config."""
+    @classmethod
+    def check_cfg(cls, cfg) -> None:
+        """Trainer-specific checks of the config, run before anything is built (and by `train.py --check`).
+
+        Raise a `engine.errors.UserError` (e.g. `ConfigValueError`) naming the key and the fix."""
+
+    def resume_state(self) -> dict:
+        return {"best_result": float(self.best_result)}
+
+    def load_resume_state(self, state: Mapping[str, Any]) -> None:
+        self.best_result = float(state.get("best_result", -np.inf))
 
     def build_data_loader(self) -> None:
         dm = DataManager(self.cfg)
@@ -340,14 +489,35 @@ class SimpleTrainer(TrainerBase):
         raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
 
     def train(self) -> None:  # type: ignore[override]
-        super().train(self.start_epoch, self.max_epoch)
+        try:
+            super().train(self.start_epoch, self.max_epoch)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by train.py
+            logger.warning(self.interruption_report())
+            self.close_writer()
+            raise
+
+    def interruption_report(self) -> str:
+        """Where an interrupted run stands and what a rerun into the same OUTPUT_DIR will do."""
+        point = os.path.join(self.output_dir, RESUME_POINT_NAME)
+        if self.finished_epochs >= self.max_epoch:
+            return (f"Interrupted after training ({self.max_epoch} epochs, saved in {self.output_dir}): "
+                    "a rerun loads the final checkpoint and only evaluates.")
+        where = f"Interrupted during epoch {self.epoch + 1}/{self.max_epoch}."
+        if self.finished_epochs == 0:
+            return f"{where} No epoch had finished, so there is nothing to resume: a rerun starts from scratch."
+        saved = point if os.path.isfile(point) else f"the checkpoints in {self.output_dir}"
+        return (f"{where} The resume point after {self.finished_epochs} finished epoch(s) is saved in {saved}: "
+                f"a rerun into the same output folder continues with epoch {self.finished_epochs + 1}.")
 
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
+        self.finished_epochs = self.start_epoch
         writer_dir = os.path.join(self.output_dir, "tensorboard")
         mkdir_if_missing(writer_dir)
         self.init_writer(writer_dir)
+        self.resident_memory_mb = memory_in_use_mb(self.device)
+        self._peak_was_reset = reset_peak_memory(self.device)
         self.time_start = time.time()
 
     def after_epoch(self) -> None:
@@ -359,13 +529,24 @@ class SimpleTrainer(TrainerBase):
             curr_result = self.test(split="val")
             if curr_result > self.best_result:
                 self.best_result = curr_result
-                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name=BEST_CHECKPOINT_NAME)
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
+        point = os.path.join(self.output_dir, RESUME_POINT_NAME)
+        if last_epoch:
+            # The final checkpoint holds everything a rerun needs; the rolling point is no longer needed.
+            if os.path.exists(point):
+                os.remove(point)
+        else:
+            self.save_resume_point(self.output_dir, self.epoch + 1)
+        self.finished_epochs = self.epoch + 1
 
     def after_train(self) -> None:
         logger.info("Finish training")
         self.train_time_s = time.time() - self.time_start
+        if self.resident_memory_mb is not None:
+            peak = peak_memory_mb(self.device)
+            self.train_step_memory_mb = max(0.0, peak - self.resident_memory_mb)
         if not self.cfg.TEST.NO_TEST:
             if self.cfg.TEST.FINAL_MODEL == "best_val":
                 logger.info("Deploy the model with the best val performance")
@@ -461,6 +642,10 @@ class SimpleTrainer(TrainerBase):
             "test_time_s": self.test_time_s,
             "peak_memory_mb": round(peak_mb, 1),
             "peak_memory_kind": peak_kind,
+            # The memory of the built model, and what training adds over it (peak during training
+            # minus that); the second is the cost that differs between methods.
+            "resident_memory_mb": _round_or_none(self.resident_memory_mb),
+            "train_step_memory_mb": _round_or_none(self.train_step_memory_mb),
             "trainable_params": trainable,
             "total_params": total,
             "train_images_per_s": (
@@ -507,6 +692,10 @@ class SimpleTrainer(TrainerBase):
             )
         os.replace(tmp, path)
         logger.info("Predictions saved to %s", path)
+
+
+def _round_or_none(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 class TrainerX(SimpleTrainer):

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engine.errors import MissingFileError, UserError
+
 __all__ = [
     "mkdir_if_missing",
     "check_isfile",
@@ -35,6 +37,7 @@ __all__ = [
     "AverageMeter",
     "MetricMeter",
     "setup_logger",
+    "FILE_ONLY",
     "collect_env_info",
     "read_image",
     "format_duration",
@@ -278,12 +281,24 @@ class _FlushingFileHandler(_OwnedHandler, logging.FileHandler):
         self.flush()
 
 
+FILE_ONLY = {"file_only": True}  # `logger.info(..., extra=FILE_ONLY)`: to log.txt, not to the console
+
+
+class _ConsoleFilter(logging.Filter):
+    """Keeps records marked `file_only` (the full config, the environment) off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
 def setup_logger(output: str | None) -> str | None:
     """Send INFO+ log records to stdout and to a log file; return the file path.
 
     `output` ending in ``.txt``/``.log`` is the file itself, otherwise the file is
-    ``output/log.txt``. An existing file is never overwritten: ``-%Y-%m-%d-%H-%M-%S`` is appended.
-    Calling it again replaces the handlers an earlier call installed. None: nothing is done.
+    ``output/log.txt``. An existing file is continued, not replaced: a marker line with the time
+    separates the new invocation (a resumed run's log reads as one story). Records logged with
+    ``extra=FILE_ONLY`` go to the file only. Calling it again replaces the handlers an earlier
+    call installed. None: nothing is done.
     """
     if output is None:
         return None
@@ -291,9 +306,8 @@ def setup_logger(output: str | None) -> str | None:
         fpath = output
     else:
         fpath = os.path.join(output, "log.txt")
-    if os.path.exists(fpath):
-        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
     mkdir_if_missing(os.path.dirname(os.path.abspath(fpath)))
+    continued = os.path.isfile(fpath) and os.path.getsize(fpath) > 0
 
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -303,8 +317,15 @@ def setup_logger(output: str | None) -> str | None:
     fmt = logging.Formatter("%(message)s")
     console = _OwnedStreamHandler(sys.stdout)
     console.setFormatter(fmt)
+    console.addFilter(_ConsoleFilter())
     file_handler = _FlushingFileHandler(fpath, mode="a", encoding="utf-8")
     file_handler.setFormatter(fmt)
+    if continued:
+        file_handler.stream.write(
+            f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')}: a new invocation continues this log "
+            f"(pid {os.getpid()}) =====\n"
+        )
+        file_handler.flush()
     root.addHandler(console)
     root.addHandler(file_handler)
     root.setLevel(logging.INFO)
@@ -339,17 +360,21 @@ def collect_env_info() -> str:
 
 
 # ----------------------------------------------------------------------------- images
+class UnreadableImageError(UserError, OSError):
+    """An image file of a dataset that cannot be decoded."""
+
+
 def read_image(path: str):
     """Open an image file as an RGB `PIL.Image`; unreadable files raise an error naming `path`."""
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Image not found: {path}. Check DATASET.ROOT and the dataset's split file.")
+        raise MissingFileError(f"Image not found: {path}. Check DATASET.ROOT and the dataset's split file.")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")  # convert() forces the full decode while the file is open
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise OSError(f"Cannot read image {path}: {e}. The file may be corrupt or not an image; re-extract the dataset.") from e
+        raise UnreadableImageError(f"Cannot read image {path}: {e}. The file may be corrupt or not an image; re-extract the dataset.") from e
 
 
 def format_duration(seconds: float) -> str:

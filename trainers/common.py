@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 import clip
+from engine.errors import ConfigValueError
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +93,7 @@ def load_clip_to_cpu(cfg) -> nn.Module:
     (for the demo CLIP, `resolve_input_size` fills it in from the checkpoint).
     """
     name = cfg.MODEL.BACKBONE.NAME
-    if not name:
-        raise ValueError(
-            "MODEL.BACKBONE.NAME is empty: give a CLIP name (e.g. ViT-B/16) or a checkpoint path, "
-            "in the trainer config or as 'MODEL.BACKBONE.NAME <name>' on the command line."
-        )
+    clip.check_model_name(name)
     state_dict = clip.load_state_dict(name)
     model = clip.build_model(state_dict)
     resolution = model.visual.input_resolution
@@ -106,7 +103,7 @@ def load_clip_to_cpu(cfg) -> nn.Module:
             " (trainers.common.resolve_input_size sets it from the checkpoint when the config is built)"
             if name == clip.loading.DEMO_MODEL_NAME else ""
         )
-        raise ValueError(
+        raise ConfigValueError(
             f"INPUT.SIZE {size} does not match the input resolution {resolution} of CLIP '{name}'. "
             f"Set 'INPUT.SIZE ({resolution}, {resolution})'{hint}."
         )
@@ -115,7 +112,7 @@ def load_clip_to_cpu(cfg) -> nn.Module:
 
 def check_precision(prec: str, key: str) -> None:
     if prec not in PRECISIONS:
-        raise ValueError(f"{key} must be one of {PRECISIONS}, got '{prec}'")
+        raise ConfigValueError(f"{key} must be one of {PRECISIONS}, got '{prec}'")
 
 
 def autocast_context(prec: str, device: torch.device):

@@ -19,6 +19,7 @@ from engine import TRAINER_REGISTRY, TrainerX
 from engine.checkpoint import load_pretrained_weights
 from engine.evaluation import compute_accuracy
 from engine.optim import build_lr_scheduler, build_optimizer
+from engine.errors import ConfigValueError
 from trainers.common import (
     autocast_context,
     check_precision,
@@ -127,10 +128,11 @@ class CoOp(TrainerX):
         cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, amp
         cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle, front
 
-    def check_cfg(self, cfg) -> None:
+    @classmethod
+    def check_cfg(cls, cfg) -> None:
         check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
         if cfg.TRAINER.COOP.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
-            raise ValueError(
+            raise ConfigValueError(
                 f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {CLASS_TOKEN_POSITIONS}, "
                 f"got '{cfg.TRAINER.COOP.CLASS_TOKEN_POSITION}'"
             )

@@ -26,6 +26,7 @@ from engine.checkpoint import load_pretrained_weights
 from engine.config import CfgNode as CN
 from engine.evaluation import compute_accuracy
 from engine.optim import build_lr_scheduler, build_optimizer
+from engine.errors import ConfigValueError
 from trainers.common import (
     autocast_context,
     check_precision,
@@ -103,7 +104,7 @@ class FinetuneModel(nn.Module):
                  learnable_text: bool = True, learnable_image: bool = True) -> None:
         super().__init__()
         if not (learnable_text or learnable_image):
-            raise ValueError(
+            raise ConfigValueError(
                 "TRAINER.FINETUNE.LEARNABLE_TEXT and LEARNABLE_IMAGE are both False: nothing to fine-tune. "
                 "Set at least one to True (or use ZeroshotCLIP)."
             )
@@ -198,12 +199,13 @@ class FinetuneCLIP(TrainerX):
     def extend_cfg(cfg) -> None:
         add_ft_cfg(cfg)
 
-    def check_cfg(self, cfg) -> None:
+    @classmethod
+    def check_cfg(cls, cfg) -> None:
         check_precision(cfg.TRAINER.PREC, "TRAINER.PREC")
         tags = [t for t in cfg.TRAINER.FINETUNE.LEARNABLE_PREFIX_MODULES.split("+") if t]
         unknown = [t for t in tags if t not in PREFIX_TAGS]
         if unknown:
-            raise ValueError(
+            raise ConfigValueError(
                 f"TRAINER.FINETUNE.LEARNABLE_PREFIX_MODULES has unknown tags {unknown}; "
                 f"use '+'-joined tags from {PREFIX_TAGS} (e.g. 'ln+ipe') or ''."
             )

@@ -34,6 +34,7 @@ from engine.config import CfgNode as CN
 from engine.data import build_data_loader, build_transform
 from engine.evaluation import compute_accuracy
 from engine.utils import AverageMeter, MetricMeter
+from engine.errors import ConfigValueError
 from trainers.common import autocast_context, cosine_logits, text_features_from_hidden, text_hidden_states
 from trainers.finetune import FinetuneCLIP, FinetuneModel, frozen_stem
 
@@ -64,7 +65,7 @@ def draw_keep_mask(num_classes: int, num_top: int, lam: float, generator: torch.
     remaining rank the normalisation is 0/0 in the original, so that rank is never kept.
     """
     if lam <= 0:
-        raise ValueError(f"TRAINER.SKIP.LAMBDA must be > 0, got {lam}.")
+        raise ConfigValueError(f"TRAINER.SKIP.LAMBDA must be > 0, got {lam}.")
     rest = num_classes - num_top
     if rest > 1:
         x = torch.linspace(0.0, 5.0, rest, dtype=torch.float64)
@@ -131,7 +132,7 @@ def plan_batches(labels: Sequence[int], batch_size: int, single_class: bool, rng
             batches.append(chosen)
             remaining = [i for i in remaining if i not in chosen]
     if not batches:
-        raise ValueError(
+        raise ConfigValueError(
             f"No training batch of size {batch_size} can be formed from {len(labels)} samples"
             + (" (single-class batches: every class has fewer samples)" if single_class else "")
             + ". Lower DATALOADER.TRAIN_X.BATCH_SIZE or use more shots."
@@ -228,21 +229,22 @@ class SkipTuning(FinetuneCLIP):
         cfg.TRAINER.SKIP.DROP_RATIO = 0.0  # max fraction of cached token positions dropped per step
         cfg.TRAINER.SKIP.QUICK_BATCH_SIZE = 128  # batch size of the cache extraction
 
-    def check_cfg(self, cfg) -> None:
+    @classmethod
+    def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
         skip = cfg.TRAINER.SKIP
         if skip.LAMBDA <= 0:
-            raise ValueError(f"TRAINER.SKIP.LAMBDA must be > 0, got {skip.LAMBDA}.")
+            raise ConfigValueError(f"TRAINER.SKIP.LAMBDA must be > 0, got {skip.LAMBDA}.")
         if skip.TOP_RATIO <= 0 or skip.MAX_TOP < 1:
-            raise ValueError(f"TRAINER.SKIP.TOP_RATIO must be > 0 and MAX_TOP >= 1, got {skip.TOP_RATIO} and {skip.MAX_TOP}.")
+            raise ConfigValueError(f"TRAINER.SKIP.TOP_RATIO must be > 0 and MAX_TOP >= 1, got {skip.TOP_RATIO} and {skip.MAX_TOP}.")
         if not 0.0 <= skip.DROP_RATIO < 1.0:
-            raise ValueError(f"TRAINER.SKIP.DROP_RATIO must be in [0, 1), got {skip.DROP_RATIO}.")
+            raise ConfigValueError(f"TRAINER.SKIP.DROP_RATIO must be in [0, 1), got {skip.DROP_RATIO}.")
 
     def build_custom_model(self, clip_model, classnames, template) -> SkipModel:
         layers = min(clip_model.transformer.layers, clip_model.visual.transformer.layers)
         start = self.cfg.TRAINER.SKIP.START_LAYER
         if not 0 <= start <= layers:
-            raise ValueError(f"TRAINER.SKIP.START_LAYER={start} is outside 0..{layers} (the encoders' block count).")
+            raise ConfigValueError(f"TRAINER.SKIP.START_LAYER={start} is outside 0..{layers} (the encoders' block count).")
         return SkipModel(clip_model, classnames, template, self.cfg.TRAINER.SKIP)
 
     def configure_trainable(self) -> None:

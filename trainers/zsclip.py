@@ -12,6 +12,7 @@ import torch
 from engine.config import CfgNode as CN
 
 from engine import TRAINER_REGISTRY, TrainerX
+from engine.errors import ConfigValueError
 from trainers.common import (
     IMAGENET_TEMPLATES_SELECT,
     check_precision,
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(TrainerX):
+    has_training = False  # train.py refuses a run without --eval-only before building anything
+
     @staticmethod
     def extend_cfg(cfg) -> None:
         cfg.TRAINER.ZSCLIP = CN()
@@ -37,11 +40,14 @@ class ZeroshotCLIP(TrainerX):
         return [template_for(self.cfg.DATASET.NAME)]
 
     def train(self) -> None:
-        raise ValueError(f"{type(self).__name__} has nothing to train: run it with --eval-only.")
+        raise ConfigValueError(f"{type(self).__name__} has nothing to train: run it with --eval-only.")
+
+    @classmethod
+    def check_cfg(cls, cfg) -> None:
+        check_precision(cfg.TRAINER.ZSCLIP.PREC, "TRAINER.ZSCLIP.PREC")
 
     def build_model(self) -> None:
         cfg = self.cfg
-        check_precision(cfg.TRAINER.ZSCLIP.PREC, "TRAINER.ZSCLIP.PREC")
         classnames = self.dm.dataset.classnames
         logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
         clip_model = load_clip_to_cpu(cfg)

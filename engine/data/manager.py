@@ -13,6 +13,7 @@ from engine.data.datasets import DatasetBase, DatasetError, Datum, build_dataset
 from engine.data.samplers import build_sampler
 from engine.data.transforms import INTERPOLATION_MODES, build_transform
 from engine.utils import read_image
+from engine.errors import ConfigValueError
 
 __all__ = ["DataManager", "DatasetWrapper", "build_data_loader"]
 
@@ -36,7 +37,7 @@ class DatasetWrapper(Dataset):
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         if self.k_tfm > 1 and transform is None:
-            raise ValueError(
+            raise ConfigValueError(
                 f"DATALOADER.K_TRANSFORMS={self.k_tfm} needs a transform to repeat, but transform is None "
                 f"(INPUT.NO_TRANSFORM is set?)."
             )
@@ -100,7 +101,7 @@ def build_data_loader(
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
     )
     if len(loader) == 0:
-        raise ValueError(
+        raise ConfigValueError(
             f"build_data_loader: the loader is empty ({len(data_source)} items, batch_size={batch_size}, "
             f"sampler {sampler_type}). Lower the batch size or check the sampler settings."
         )

@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Iterator, Sequence
 
 import torch
+from engine.errors import ConfigValueError
 from torch.utils.data import RandomSampler, Sampler, SequentialSampler
 
 __all__ = ["build_sampler", "RandomDomainSampler", "SeqDomainSampler", "RandomClassSampler", "SAMPLER_NAMES"]
@@ -65,7 +66,7 @@ class RandomDomainSampler(_TorchRandomSampler):
         if n_domain is None or n_domain <= 0:
             n_domain = len(self.domains)
         if n_domain > len(self.domains) or batch_size % n_domain != 0:
-            raise ValueError(
+            raise ConfigValueError(
                 f"RandomDomainSampler: batch_size={batch_size} must be divisible by n_domain={n_domain}, "
                 f"and n_domain must not exceed the {len(self.domains)} domains present."
             )
@@ -103,7 +104,7 @@ class SeqDomainSampler(RandomDomainSampler):
         self.domains = sorted(self.domain_dict)
         self.n_img_per_domain = batch_size // len(self.domains)
         if self.n_img_per_domain < 1:
-            raise ValueError(f"SeqDomainSampler: batch_size={batch_size} is smaller than the {len(self.domains)} domains.")
+            raise ConfigValueError(f"SeqDomainSampler: batch_size={batch_size} is smaller than the {len(self.domains)} domains.")
         self.batch_size = batch_size
         self.length = _estimate_length(self)
 
@@ -120,13 +121,13 @@ class RandomClassSampler(_TorchRandomSampler):
 
     def __init__(self, data_source: Sequence, batch_size: int, n_ins: int) -> None:
         if batch_size < n_ins:
-            raise ValueError(f"RandomClassSampler: batch_size={batch_size} must be >= n_ins={n_ins}.")
+            raise ConfigValueError(f"RandomClassSampler: batch_size={batch_size} must be >= n_ins={n_ins}.")
         self.index_dic = _group(data_source, "label")
         self.labels = list(self.index_dic)
         self.batch_size, self.n_ins = batch_size, n_ins
         self.ncls_per_batch = batch_size // n_ins
         if len(self.labels) < self.ncls_per_batch:
-            raise ValueError(
+            raise ConfigValueError(
                 f"RandomClassSampler: {len(self.labels)} classes, but each batch needs "
                 f"batch_size // n_ins = {self.ncls_per_batch}. Lower DATALOADER.TRAIN_X.BATCH_SIZE or raise N_INS."
             )
@@ -174,4 +175,4 @@ def build_sampler(
         return SeqDomainSampler(data_source, batch_size)
     if sampler_type == "RandomClassSampler":
         return RandomClassSampler(data_source, batch_size, n_ins)
-    raise ValueError(f"Unknown sampler type: {sampler_type!r}; choose one of {list(SAMPLER_NAMES)}.")
+    raise ConfigValueError(f"Unknown sampler type: {sampler_type!r}; choose one of {list(SAMPLER_NAMES)}.")

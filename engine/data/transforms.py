@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 import torchvision.transforms as T
+from engine.errors import ConfigValueError
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
@@ -149,7 +150,7 @@ class InstanceNormalization:
 def _interpolation(cfg) -> InterpolationMode:
     name = cfg.INPUT.INTERPOLATION
     if name not in INTERPOLATION_MODES:
-        raise ValueError(
+        raise ConfigValueError(
             f"INPUT.INTERPOLATION={name!r} is not supported; use one of {sorted(INTERPOLATION_MODES)}."
         )
     return INTERPOLATION_MODES[name]
@@ -169,7 +170,7 @@ def build_transform(cfg, is_train: bool = True, choices: Sequence[str] | None = 
         choices = cfg.INPUT.TRANSFORMS
     unknown = [c for c in choices if c not in AVAI_CHOICES]
     if unknown:
-        raise ValueError(f"INPUT.TRANSFORMS contains unknown names {unknown}; allowed: {list(AVAI_CHOICES)}.")
+        raise ConfigValueError(f"INPUT.TRANSFORMS contains unknown names {unknown}; allowed: {list(AVAI_CHOICES)}.")
     unsupported = [c for c in choices if c in _UNSUPPORTED]
     if unsupported:
         raise NotImplementedError(

@@ -27,6 +27,7 @@ from engine.utils import (
     read_json,
     set_random_seed,
     set_rng_state,
+    FILE_ONLY,
     setup_logger,
     tolist_if_not,
     write_json,
@@ -148,14 +149,18 @@ def test_setup_logger_files_and_idempotence(tmp_path, restore_root_logger, capsy
     assert open(f1).read() == "* accuracy: 81.0%\n"  # plain format, flushed immediately
     assert "* accuracy: 81.0%" in capsys.readouterr().out
 
-    f2 = setup_logger(out)  # existing log.txt is not overwritten
-    assert f2 != f1 and os.path.basename(f2).startswith("log.txt-20")
+    f2 = setup_logger(out)  # an existing log.txt is continued after a marker line, not replaced
+    assert f2 == f1
     root = logging.getLogger()
     ours = [h for h in root.handlers if type(h).__module__ == "engine.utils"]
     assert len(ours) == 2  # replaced, not added
     logging.getLogger("engine.test").info("second")
-    assert "second" not in open(f1).read() and open(f2).read() == "second\n"
+    first, marker, second = open(f1).read().splitlines()[0], *open(f1).read().splitlines()[-2:]
+    assert first == "* accuracy: 81.0%" and second == "second"
+    assert marker.startswith("===== ") and "continues this log" in marker
     assert capsys.readouterr().out.count("second") == 1
+    logging.getLogger("engine.test").info("full config", extra=FILE_ONLY)  # file only, not the console
+    assert "full config" in open(f1).read() and "full config" not in capsys.readouterr().out
 
     f3 = setup_logger(str(tmp_path / "custom.log"))
     assert f3 == str(tmp_path / "custom.log")

@@ -346,15 +346,23 @@ def test_best_val_keeps_and_deploys_the_best_validation_epoch(caltech_root, tiny
     assert torch.equal(trainer.model.prompt_learner.ctx.detach(), best["state_dict"]["ctx"])
 
 
-def test_requested_gpu_that_does_not_exist_is_reported(monkeypatch, caplog):
+def test_requested_gpu_that_does_not_exist_is_an_error_and_plain_runs_use_the_cpu(monkeypatch):
     from engine.config import get_cfg_default
+    from engine.errors import UserError
     from engine.trainer import select_device
 
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with caplog.at_level("WARNING"):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    with pytest.raises(UserError, match=r"CUDA_VISIBLE_DEVICES=7.*USE_CUDA False"):
+        select_device(get_cfg_default())
+    cfg = get_cfg_default()
+    cfg.USE_CUDA = False  # the user chose the CPU: no error
+    assert select_device(cfg).type == "cpu"
+    for visible in ("", "-1"):  # no GPU asked for (the runner's CPU slots set "")
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
         assert select_device(get_cfg_default()).type == "cpu"
-    assert "CUDA_VISIBLE_DEVICES=7" in caplog.text and "running on CPU" in caplog.text
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert select_device(get_cfg_default()).type == "cpu"
 
 
 def test_cross_dataset_evaluation_rebuilds_prompts_for_the_target_classes(caltech_root, tiny_clip_path, tmp_path):
