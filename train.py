@@ -284,15 +284,17 @@ def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check_commands:
         return run_cli(lambda: check_commands(args.check_commands), USER_ERRORS)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return run_cli(lambda: main(args) and None, USER_ERRORS)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+        command = shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)])
         print(f"Stopped by {signal.Signals(signum).name}. To continue, run the same command again "
               f"(same --output-dir): {command}", file=sys.stderr)
         return 128 + int(signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
