@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SkipTuning, cross-dataset / domain generalisation: evaluate DATASET with the model of xd_train.sh.
-# Usage: DATA=/path/to/data bash scripts/skip_tuning/xd_test.sh DATASET SEED [KEY VALUE ...]
+# Usage: [DATA=/path/to/data] bash scripts/skip_tuning/xd_test.sh DATASET SEED [KEY VALUE ...]   (no DATA: the demo world)
 source "$(dirname "$0")/../common.sh"
 source "$(dirname "$0")/method.sh"
 xd_test "$@"

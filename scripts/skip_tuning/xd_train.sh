@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SkipTuning, cross-dataset: train on ImageNet, all classes.
-# Usage: DATA=/path/to/data bash scripts/skip_tuning/xd_train.sh SEED [KEY VALUE ...]
+# Usage: [DATA=/path/to/data] bash scripts/skip_tuning/xd_train.sh SEED [KEY VALUE ...]   (no DATA: the demo world)
 source "$(dirname "$0")/../common.sh"
 source "$(dirname "$0")/method.sh"
 xd_train "$@"
