@@ -35,6 +35,9 @@ from typing import Any
 
 import torch
 
+from engine.errors import ConfigValueError, run_cli
+from engine.registry import closest_matches
+
 TRAINERS = ("ZeroshotCLIP", "CoOp", "FinetuneCLIP", "SkipTuning")
 CONFIGS = {
     "ZeroshotCLIP": ("CoOp", "vit_b16.yaml"),
@@ -301,11 +304,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     args.prec = args.prec or ("fp16" if args.device == "cuda" else "fp32")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is usable here; use --device cpu.")
+        raise ConfigValueError("--device cuda: no CUDA device is usable here; use --device cpu.")
     if args.trainer != "all" and args.trainer not in TRAINERS:
-        raise SystemExit(f"--trainer {args.trainer!r}: expected one of {TRAINERS} or 'all'.")
+        hint = closest_matches(args.trainer, TRAINERS)
+        raise ConfigValueError(f"--trainer {args.trainer!r}: expected one of {TRAINERS} or 'all'."
+                               + (f" Did you mean: {', '.join(hint)}?" if hint else ""))
     if args.batch < 1 or args.classes < 1 or args.steps < 1:
-        raise SystemExit("--batch, --classes and --steps must be >= 1.")
+        raise ConfigValueError("--batch, --classes and --steps must be >= 1.")
     logging.basicConfig(level=logging.WARNING)
     if args.trainer == "all":
         # One process per trainer, so that peak memory is not inherited from the previous one.
@@ -328,4 +333,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda: main() and None))

@@ -250,13 +250,13 @@ def test_console_shows_a_summary_and_log_txt_the_full_config(caltech_root, tiny_
 
 
 # ----------------------------------------------------------------------------- interruption
-def _demo_coop_command(root, out, epochs: int = 8) -> list[str]:
+def _demo_coop_command(root, out, epochs: int = 5) -> list[str]:
     return [
         sys.executable, "train.py", "--root", str(root), "--seed", "1", "--trainer", "CoOp",
         "--dataset-config-file", config_path("datasets", "demo_shapes.yaml"),
         "--config-file", config_path("trainers", "CoOp", "demo.yaml"), "--output-dir", str(out),
         "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", str(epochs),
-        "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "TEST.SAVE_PREDICTIONS", "True",
+        "TEST.SAVE_PREDICTIONS", "True",
     ]
 
 
@@ -292,7 +292,7 @@ def test_interrupted_runs_resume_from_the_last_finished_epoch_and_end_bit_identi
     assert "Traceback" not in first.stderr + first.stdout
     assert "Stopped by SIGTERM. To continue, run the same command again" in first.stderr
     done_first = _finished_epochs(cut)
-    assert 1 <= done_first < 8
+    assert 1 <= done_first < 4
     assert f"The resume point after {done_first} finished epoch(s)" in first.stdout
     assert not (cut / "prompt_learner" / "checkpoint").exists()  # no Dassl checkpoint yet: only the resume point
 
@@ -301,11 +301,10 @@ def test_interrupted_runs_resume_from_the_last_finished_epoch_and_end_bit_identi
     assert _finished_epochs(cut) > done_first
 
     subprocess.run(_demo_coop_command(demo_root, cut), cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
-    a = torch.load(full / "prompt_learner" / "model.pth.tar-8", weights_only=True)
-    b = torch.load(cut / "prompt_learner" / "model.pth.tar-8", weights_only=True)
+    a = torch.load(full / "prompt_learner" / "model.pth.tar-5", weights_only=True)
+    b = torch.load(cut / "prompt_learner" / "model.pth.tar-5", weights_only=True)
     assert torch.equal(a["state_dict"]["ctx"], b["state_dict"]["ctx"])
-    assert a["optimizer"] == b["optimizer"] or torch.equal(
-        a["optimizer"]["state"][0]["momentum_buffer"], b["optimizer"]["state"][0]["momentum_buffer"])
+    assert torch.equal(a["optimizer"]["state"][0]["momentum_buffer"], b["optimizer"]["state"][0]["momentum_buffer"])
     np.testing.assert_array_equal(np.load(full / "predictions.npz")["logits"], np.load(cut / "predictions.npz")["logits"])
     assert json.loads((full / "results.json").read_text())["accuracy"] == json.loads(
         (cut / "results.json").read_text())["accuracy"]

@@ -3,10 +3,14 @@ machine (positive, consistent across trainers). Timings are not targets here."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import train_step
+from tests.conftest import REPO_ROOT
 
 REQUIRED = ("trainer", "median_step_s", "peak_memory_mb", "trainable_params", "flops_per_step",
             "batch", "classes", "image_size", "steps", "device")
@@ -56,3 +60,14 @@ def test_table_and_bad_arguments(records, capsys):
     assert table.splitlines()[0].startswith("trainer") and len(table.splitlines()) == 2 + 4
     with pytest.raises(SystemExit):
         train_step.main(["--trainer", "NoSuchTrainer", *TINY])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trainer", "CoOP"], r"--trainer 'CoOP'.*Did you mean: CoOp"),
+    (["--trainer", "CoOp", "--steps", "0"], r"--steps must be >= 1"),
+])
+def test_command_line_mistakes_end_in_one_message(argv, message):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", *TINY, *argv], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") == 1 and re.search(message, proc.stderr)
