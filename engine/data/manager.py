@@ -9,9 +9,11 @@ import torchvision.transforms as T
 from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset
 
+from engine.data.checks import describe_identical_prompts, describe_ignored_files, find_identical_prompts
 from engine.data.datasets import DatasetBase, DatasetError, Datum, build_dataset
 from engine.data.samplers import build_sampler
 from engine.data.transforms import INTERPOLATION_MODES, build_transform
+from engine.errors import ConfigValueError
 from engine.utils import read_image
 
 __all__ = ["DataManager", "DatasetWrapper", "build_data_loader"]
@@ -36,7 +38,7 @@ class DatasetWrapper(Dataset):
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         if self.k_tfm > 1 and transform is None:
-            raise ValueError(
+            raise ConfigValueError(
                 f"DATALOADER.K_TRANSFORMS={self.k_tfm} needs a transform to repeat, but transform is None "
                 f"(INPUT.NO_TRANSFORM is set?)."
             )
@@ -100,11 +102,20 @@ def build_data_loader(
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
     )
     if len(loader) == 0:
-        raise ValueError(
+        raise ConfigValueError(
             f"build_data_loader: the loader is empty ({len(data_source)} items, batch_size={batch_size}, "
             f"sampler {sampler_type}). Lower the batch size or check the sampler settings."
         )
     return loader
+
+
+def _warn_about_dataset(cfg, dataset: DatasetBase) -> None:
+    """One warning line each for skipped non-image files and for classes with identical prompts."""
+    if dataset.ignored_files:
+        logger.warning("Warning: DATASET.NAME=%s: %s", cfg.DATASET.NAME, describe_ignored_files(dataset.ignored_files))
+    groups = find_identical_prompts(dataset.lab2cname)
+    if groups:
+        logger.warning("Warning: DATASET.NAME=%s: %s", cfg.DATASET.NAME, describe_identical_prompts(groups))
 
 
 def _check_splits_not_empty(cfg, dataset: DatasetBase) -> None:
@@ -135,6 +146,7 @@ class DataManager:
     ) -> None:
         dataset = build_dataset(cfg)
         _check_splits_not_empty(cfg, dataset)
+        _warn_about_dataset(cfg, dataset)
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)
