@@ -22,8 +22,9 @@ import sys
 from collections import Counter
 
 from runner.config import ConfigError, build_pipeline, check_gpu_ids, load_sweep_module
-from runner.scheduler import Interrupted
-from runner.sweep import SweepOptions, check_sweep, dry_run, ledger_path, plan_sweep, run_sweep
+from runner.scheduler import Interrupted, SweepResult
+from runner.sweep import (SweepOptions, TaskOutcome, check_sweep, dry_run, ledger_path, plan_sweep, run_sweep,
+                          warn_demo)
 
 logger = logging.getLogger("parallel_runner")
 
@@ -65,7 +66,7 @@ def setup_logging(log_file: str | None) -> None:
         root.addHandler(fh)
 
 
-def _raise_interrupted(signum, _frame):
+def _raise_interrupted(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
 
@@ -92,7 +93,8 @@ def interrupted_message(e: KeyboardInterrupt, argv: list[str] | None) -> str:
             f"To resume, run the same command again: {rerun_command(argv)}")
 
 
-def summary(result, outcomes) -> str:
+def summary(result: SweepResult, outcomes: list[TaskOutcome]) -> str:
+    """The end of a sweep: counts, each task's headline or why it has no tables, files, failures."""
     lines = [f"Sweep: {result.count('done')} done ({result.reused} from earlier runs, {result.launched} launched now), "
              f"{result.count('failed')} failed, {result.count('skipped')} skipped"]
     for o in outcomes:
@@ -129,6 +131,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     tasks = build_pipeline(module, args.cfg, args.gpus, source)
     use_cuda = check_gpu_ids(tasks, explicit=bool(args.gpus))
     plans = plan_sweep(tasks)
+    warn_demo(tasks)
     if args.dry_run:
         dry_run(plans, use_cuda)
         return 0

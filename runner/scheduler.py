@@ -339,11 +339,14 @@ def run_jobs(
     bar = tqdm(total=len(jobs), initial=result.reused, unit="job", dynamic_ncols=True, disable=not show_bar)
 
     def settle(key: str, status: str, failure: JobFailure | None = None, count: bool = True,
-               duration_s: float | None = None) -> None:
+               duration_s: float | None = None, announce: Callable[[str], None] | None = None) -> None:
+        """Record a job's final state; `announce` logs it with the progress line, before the task's tallies."""
         result.status[key] = status
         tracker.settle(by_key[key], status, duration_s)
         if count:
             bar.update(1)
+        if announce is not None:
+            announce(tracker.line(elapsed()))
         if on_job_end is not None:
             on_job_end(by_key[key], status, failure)
 
@@ -355,9 +358,9 @@ def run_jobs(
                 settle(d, SKIPPED)
                 skip_dependents(d, reason)
 
-    def fail(job: Job, failure: JobFailure) -> None:
+    def fail(job: Job, failure: JobFailure, announce: Callable[[str], None]) -> None:
         result.failures.append(failure)
-        settle(job.key, FAILED, failure)
+        settle(job.key, FAILED, failure, announce=announce)
         skip_dependents(job.key, f"dependency {job.output_dir} failed")
 
     def elapsed() -> dict[str, float]:
@@ -379,8 +382,8 @@ def run_jobs(
             duration = time.time() - started
             if rc == 0 and has_fresh_results(job, started):
                 ledger.finish(attempt_id, key, DONE, rc, duration)
-                settle(key, DONE, duration_s=duration)
-                logger.info("Done %s in %s %s", job.output_dir, format_duration(duration), tracker.line(elapsed()))
+                settle(key, DONE, duration_s=duration, announce=lambda progress: logger.info(
+                    "Done %s in %s %s", job.output_dir, format_duration(duration), progress))
                 continue
             why = f"exit code {rc}" if rc != 0 else f"exit code 0 but no {RESULTS_NAME} was written"
             if rc == USAGE_ERROR_EXIT:
@@ -392,9 +395,8 @@ def run_jobs(
                 queue.append(job)
                 continue
             ledger.set_status(key, FAILED, rc, duration, message=why)
-            fail(job, JobFailure(job, why, output_tail(job), handle.command))
-            logger.error("Failed %s (%s) after %d attempt(s) %s", job.output_dir, why, tries[key],
-                         tracker.line(elapsed()))
+            fail(job, JobFailure(job, why, output_tail(job), handle.command), lambda progress: logger.error(
+                "Failed %s (%s) after %d attempt(s) %s", job.output_dir, why, tries[key], progress))
 
     def start_ready() -> None:
         for job in list(queue):
@@ -412,8 +414,8 @@ def run_jobs(
                 why = f"could not start: {e}"
                 ledger.finish_attempt(attempt_id, FAILED, None)
                 ledger.set_status(job.key, FAILED, None, 0.0, message=why)
-                fail(job, JobFailure(job, why))
-                logger.error("Failed %s (%s) %s", job.output_dir, why, tracker.line(elapsed()))
+                fail(job, JobFailure(job, why), lambda progress: logger.error(
+                    "Failed %s (%s) %s", job.output_dir, why, progress))
                 continue
             ledger.set_external_id(attempt_id, handle.external_id)
             free.busy = True

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from runner.config import ConfigError, Task
 from runner.ledger import DONE, LEDGER_NAME, SKIPPED, Ledger
@@ -14,6 +15,9 @@ from runner.mail import mail_enabled, send_mail
 from runner.scheduler import STOP_GRACE_S, JobFailure, LocalLauncher, SweepResult, make_slots, run_jobs
 from runner.tasks import Job, TaskPlan, expand_task
 from runner.validate import CheckError, check_jobs, format_problems
+
+if TYPE_CHECKING:  # pandas and matplotlib are imported only when tallying
+    from runner.tallies import ZeroShotReference
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +109,7 @@ def is_zero_shot_task(plan: TaskPlan) -> bool:
     return plan.task.train["trainer"] in ZERO_SHOT_TRAINERS
 
 
-def zero_shot_reference(plan: TaskPlan, ledger: Ledger):
+def zero_shot_reference(plan: TaskPlan, ledger: Ledger) -> ZeroShotReference | None:
     """The zero-shot runs the ledger holds as finished (None for a zero-shot task itself)."""
     from runner.tallies import ZeroShotReference, is_zero_shot
 
@@ -114,7 +118,7 @@ def zero_shot_reference(plan: TaskPlan, ledger: Ledger):
     return ZeroShotReference.from_runs([r.output_dir for r in ledger.records(DONE) if is_zero_shot(r.argv)])
 
 
-def write_task_tables(plan: TaskPlan, reference) -> tuple[list[str], list[str]]:
+def write_task_tables(plan: TaskPlan, reference: ZeroShotReference | None) -> tuple[list[str], list[str]]:
     """The task's CSVs, its grid-search plot and its mode's accuracy-vs-cost plots; returns (files, headlines)."""
     from runner.plots import plot_accuracy_vs_cost, plot_grid_search  # matplotlib and pandas: only when tallying
     from runner.tallies import headline, write_point_tables
@@ -138,7 +142,7 @@ def write_task_tables(plan: TaskPlan, reference) -> tuple[list[str], list[str]]:
 
 
 def tally_task(plan: TaskPlan, elapsed_s: float, failures: list[JobFailure], skipped: list[Job], mail: bool,
-               reference=None) -> TaskOutcome:
+               reference: ZeroShotReference | None = None) -> TaskOutcome:
     """Write the task's CSVs and plots (only when every job finished), then mail the summary (if configured)."""
     task = plan.task
     cfg = task.cfg
@@ -149,8 +153,8 @@ def tally_task(plan: TaskPlan, elapsed_s: float, failures: list[JobFailure], ski
     else:
         outcome.headline.append(
             f"{task.name}: {len(failures)} job(s) failed, {len(skipped)} skipped: no tables written (they would have "
-            "holes). Fix the failure and rerun the same command: finished jobs are kept, the rest runs and the tables "
-            "are written.")
+            "holes). Fix the cause and run the same command again: it resumes (finished jobs are kept, the failed and "
+            "skipped ones run) and writes the tables.")
         logger.warning(outcome.headline[-1])
     if mail and mail_enabled(cfg["mail"]):
         status = "FINISHED" if outcome.complete else "FAILED"
@@ -165,6 +169,7 @@ def tally_task(plan: TaskPlan, elapsed_s: float, failures: list[JobFailure], ski
 
 
 def warn_demo(tasks: list[Task]) -> None:
+    """Say loudly which tasks run on the generated demo world (no data root configured)."""
     for t in tasks:
         if t.demo:
             d = t.cfg["data"]
@@ -178,7 +183,6 @@ def warn_demo(tasks: list[Task]) -> None:
 def dry_run(plans: list[TaskPlan], use_cuda: bool) -> None:
     """Print every job with its state in the ledger, then check them all (a CheckError if any would not start)."""
     path = ledger_path(plans[0].task)
-    warn_demo([p.task for p in plans])
     ledger = Ledger(path) if os.path.exists(path) else None
     try:
         print(describe(plans, ledger))
@@ -194,7 +198,6 @@ def run_sweep(plans: list[TaskPlan], options: SweepOptions) -> tuple[SweepResult
     and the per-task outcomes. Raises scheduler.Interrupted on Ctrl-C / SIGTERM, after stopping the jobs."""
     tasks = [p.task for p in plans]
     path = ledger_path(tasks[0])
-    warn_demo(tasks)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     lock_file = open(path + ".lock", "w")
     try:

@@ -103,7 +103,7 @@ class RunKey:
     backbone: str
 
     @classmethod
-    def of(cls, rec: dict | None) -> "RunKey | None":
+    def of(cls, rec: dict | None) -> RunKey | None:
         if rec is None:
             return None
         try:
@@ -125,7 +125,7 @@ class ZeroShotReference:
         self.accuracies = dict(accuracies or {})
 
     @classmethod
-    def from_runs(cls, output_dirs: list[str]) -> "ZeroShotReference":
+    def from_runs(cls, output_dirs: list[str]) -> ZeroShotReference:
         """From the results.json of finished zero-shot runs (e.g. the ledger's done rows)."""
         found: dict[RunKey, float] = {}
         for d in output_dirs:

@@ -54,7 +54,8 @@ def test_sweep_isolates_a_failure_and_mails_the_summary(tmp_path, fake_env, monk
         assert (tmp_path / f"results/acc/zs_all/all-ZeroshotCLIP-vit_b16-shot={shot}.csv").is_file()
     assert (tmp_path / "results/acc/zs_all/all-ZeroshotCLIP-vit_b16-shot.png").is_file()
     out = capsys.readouterr().err
-    assert "coop_b2n: 1 job(s) failed, 1 skipped: no tables written" in out and "rerun the same command" in out
+    assert "coop_b2n: 1 job(s) failed, 1 skipped: no tables written" in out
+    assert "run the same command again: it resumes" in out
     assert f"FAILED {failed[0]}" in out
 
     subjects = {}
