@@ -63,7 +63,7 @@ base = dict(
 
     runner=dict(
         launcher='local',  # local | slurm
-        retries=1,  # a failed job is retried this many times
+        retries=1,  # a failed job is retried this many times (never after a usage error, exit status 2)
         jobs_per_gpu=1,
         cpu_workers=None,  # CPU slots when no GPU is used; None: min(2, cores)
         script='train.py',

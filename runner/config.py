@@ -203,17 +203,29 @@ def build_pipeline(module: ModuleType, only: list[str] | None = None, gpu_ids: l
     if not isinstance(pipeline, list) or not all(isinstance(p, dict) and set(p) == {"gpu_ids", "tasks"} for p in pipeline):
         raise ConfigError(f"{source}: pipeline must be a list of dicts with exactly 'gpu_ids' and 'tasks'.")
     tasks: list[Task] = []
+    problems: list[str] = []  # every task is checked, so one run of the runner names every problem
+
+    def add(name: str, index: int, ids: list[int]) -> None:
+        try:
+            tasks.append(build_task(module, name, index, ids, source))
+        except ConfigError as e:
+            problems.append(str(e))
+
     if only:
         for name in only:
             ids = gpu_ids
             if ids is None:
                 owner = next((p for p in pipeline if name in p["tasks"]), pipeline[0] if pipeline else {"gpu_ids": []})
                 ids = owner["gpu_ids"]
-            tasks.append(build_task(module, name, 0, ids, source))
+            add(name, 0, ids)
     else:
         for i, p in enumerate(pipeline):
             for name in p["tasks"]:
-                tasks.append(build_task(module, name, i, p["gpu_ids"] if gpu_ids is None else gpu_ids, source))
+                add(name, i, p["gpu_ids"] if gpu_ids is None else gpu_ids)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems in {source}:\n" + "\n".join(f"- {p}" for p in problems))
     names = [t.name for t in tasks]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -221,25 +233,41 @@ def build_pipeline(module: ModuleType, only: list[str] | None = None, gpu_ids: l
     return tasks
 
 
-def check_gpu_ids(tasks: list[Task], device_count: int | None = None) -> bool:
-    """True when CUDA is usable (and some task lists GPUs). Without CUDA every task runs on CPU slots; a listed id
-    that does not exist is an error (a task with no ids listed runs on CPU slots)."""
-    if device_count is None:
-        if not any(t.gpu_ids for t in tasks):
-            return False  # nothing asks for a GPU: CPU slots, and no need to import torch
-        import torch
+def check_gpu_ids(tasks: list[Task], device_count: int | None = None, explicit: bool = False) -> bool:
+    """True when the tasks' GPU ids are to be used, False for CPU slots; a ConfigError when they cannot be.
 
-        device_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    `explicit`: the ids come from ``--gpus`` (the user asked for them on this machine), not from
+    the sweep file's pipeline. Ids the machine does not have are an error; so is ``--gpus`` on a
+    machine without CUDA. A sweep file's ``gpu_ids`` on a machine without CUDA (configs.py's
+    default ``[0]`` on a laptop) fall back to CPU slots: the sweep says so when it starts."""
+    wanted = sorted({g for t in tasks for g in t.gpu_ids}, key=str)
+    if not wanted:
+        return False  # nothing asks for a GPU: CPU slots, and no need to import torch
+    if device_count is None:
+        device_count = cuda_device_count()
+    where = "--gpus" if explicit else "gpu_ids in the pipeline"
     if device_count == 0:
+        if explicit:
+            raise ConfigError(
+                f"--gpus {' '.join(map(str, wanted))} asks for GPU(s), but this machine has no usable CUDA device "
+                "(check `nvidia-smi` and that torch was built with CUDA). Leave out --gpus to run on CPU slots."
+            )
         return False
     for t in tasks:
-        bad = [g for g in t.gpu_ids if not isinstance(g, int) or g < 0 or g >= device_count]
+        bad = [g for g in t.gpu_ids if not isinstance(g, int) or isinstance(g, bool) or g < 0 or g >= device_count]
         if bad:
             raise ConfigError(
-                f"Task '{t.name}' asks for GPU id(s) {bad}, but this machine has {device_count} CUDA device(s) "
-                f"(ids 0..{device_count - 1}). Fix gpu_ids in the pipeline or pass --gpus."
+                f"Task '{t.name}' asks for GPU id(s) {bad} ({where}), but this machine has {device_count} CUDA "
+                f"device(s) (ids 0..{device_count - 1}). Fix {where}."
             )
     return True
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch can use here (0 without CUDA); imports torch only when called."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def get_by_path(cfg: dict, dotted: str) -> Any:

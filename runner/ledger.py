@@ -176,6 +176,12 @@ class Ledger:
         self.conn.execute("DELETE FROM jobs WHERE task=?", (task,))
         self.conn.execute("COMMIT")
 
+    def records(self, status: str | None = None) -> list[JobRecord]:
+        """Every job the ledger knows (with `status`, only those), in no particular order."""
+        sql = "SELECT key, task, output_dir, command, status, attempts, exit_code, duration_s, message FROM jobs"
+        rows = self.conn.execute(sql + " WHERE status=?", (status,)) if status else self.conn.execute(sql)
+        return [JobRecord(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows.fetchall()]
+
     def statuses(self, task: str | None = None) -> dict[str, str]:
         sql, args = ("SELECT key, status FROM jobs", ()) if task is None else ("SELECT key, status FROM jobs WHERE task=?", (task,))
         return dict(self.conn.execute(sql, args).fetchall())

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from runner.config import REPO_ROOT
-from runner.scheduler import OUTPUT_NAME, Slot, open_job_output
+from runner.scheduler import OUTPUT_NAME, Slot, open_job_output, shell_command
 from runner.tasks import Job
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,9 @@ def run_command(argv: list[str], output_path: str, python: str | None = None) ->
 
 
 class _SubmititHandle:
-    def __init__(self, job, log_file):
+    def __init__(self, job, log_file, command: str):
         self.job = job
+        self.command = command
         self.external_id = str(job.job_id)
         log_file.close()
 
@@ -43,11 +44,15 @@ class _SubmititHandle:
             logger.warning("SLURM job %s failed: %s", self.external_id, e)
             return -1
 
-    def kill(self) -> None:
+    def terminate(self) -> None:
+        """scancel: SLURM sends SIGTERM, then SIGKILL after its KillWait."""
         try:
             self.job.cancel(check=False)
         except Exception as e:
             logger.warning("Could not cancel SLURM job %s: %s", self.external_id, e)
+
+    def kill(self) -> None:
+        self.terminate()
 
 
 class SlurmLauncher:
@@ -69,10 +74,10 @@ class SlurmLauncher:
             slurm_additional_parameters=additional,
         )
 
-    def start(self, job: Job, slot: Slot, attempt: int):
-        argv = job.launch_argv()
-        log = open_job_output(job, slot, attempt)
+    def start(self, job: Job, slot: Slot, attempt: int, argv: list[str]):
+        command = shell_command(sys.executable, argv, {})  # SLURM sets CUDA_VISIBLE_DEVICES on the node
+        log = open_job_output(job, slot, attempt, command)
         self.executor.update_parameters(name=f"{job.task}-{job.dataset}-s{job.seed}")
         submitted = self.executor.submit(run_command, argv, os.path.join(job.output_dir, OUTPUT_NAME))
         logger.info("Submitted %s as SLURM job %s", job.output_dir, submitted.job_id)
-        return _SubmititHandle(submitted, log)
+        return _SubmititHandle(submitted, log, command)

@@ -44,7 +44,19 @@ class Job:
         return "--eval-only" not in self.argv
 
     def command(self) -> str:
+        """The job as planned (`--load-epoch last` until its training run has saved a checkpoint)."""
         return " ".join(["python", *self.argv])
+
+    def check_argv(self) -> list[str]:
+        """The arguments after the script for `train.py --check-commands`: the planned argv with a
+        placeholder epoch for `--load-epoch last` (the check does not look at --model-dir, whose
+        checkpoints do not exist before the training jobs ran)."""
+        argv = list(self.argv[1:])
+        if "--load-epoch" in argv:
+            i = argv.index("--load-epoch") + 1
+            if argv[i] == LAST_EPOCH:
+                argv[i] = "1"
+        return argv
 
     def launch_argv(self) -> list[str]:
         """argv with `--load-epoch last` replaced by the epoch its training run saved last

@@ -4,15 +4,24 @@ Each "epoch" sleeps $FAKE_TRAIN_SLEEP seconds and saves `model/model.pth.tar-<ep
 `model/checkpoint` pointer; a rerun into the same output dir resumes after the last saved epoch.
 The accuracy is a pure function of (dataset, seed, subsample, shots, trained epochs), so two sweeps
 agree exactly. Every completed run appends a line to `completions.txt` and every trained epoch to
-`epochs.txt`, so tests can count what really ran. $FAKE_TRAIN_FAIL: output dirs containing this
-string exit 3; with $FAKE_TRAIN_FAIL_ONCE=1 only their first attempt fails.
+`epochs.txt`, so tests can count what really ran, and its command line to `argv.jsonl`. $FAKE_TRAIN_FAIL: output dirs containing this
+string exit $FAKE_TRAIN_FAIL_CODE (default 3); with $FAKE_TRAIN_FAIL_ONCE=1 only their first attempt fails.
+SIGTERM is noted in `signals.txt` and ends the run with 143, like train.py (ignored with
+$FAKE_TRAIN_IGNORE_TERM=1, to test the runner's SIGKILL after its grace period).
+
+`--check-commands FILE` follows train.py's protocol (one JSON answer per line, exit 2 if any run
+fails): a run fails when a config file is missing, the trainer is unknown, or its arguments contain
+$FAKE_CHECK_FAIL. Each such call appends a line to $FAKE_CHECK_LOG, so tests can count them.
 """
 import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
+
+KNOWN_TRAINERS = {"CoOp", "ZeroshotCLIP", "ZeroshotCLIP2", "SkipTuning", "FinetuneCLIP"}
 
 
 def atomic_write(path, text):
@@ -29,18 +38,62 @@ def score(*parts):
     return 40.0 + int(digest[:8], 16) % 5000 / 100.0
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser()
-    for flag in ("--root", "--output-dir", "--config-file", "--dataset-config-file", "--trainer", "--model-dir"):
+    for flag in ("--root", "--output-dir", "--config-file", "--dataset-config-file", "--trainer", "--model-dir",
+                 "--check-commands"):
         p.add_argument(flag, default="")
     p.add_argument("--seed", type=int, default=-1)
     p.add_argument("--load-epoch", type=int)
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER)
-    args = p.parse_args()
+    return p
+
+
+def check_error(argv):
+    """What train.py's check would say about one run ("" if it would start)."""
+    args = build_parser().parse_args(argv)
+    for path in (args.config_file, args.dataset_config_file):
+        if not os.path.isfile(path):
+            return f"Config file not found: {path}"
+    if args.trainer not in KNOWN_TRAINERS:
+        return f"Unknown trainer '{args.trainer}'"
+    marker = os.environ.get("FAKE_CHECK_FAIL")
+    if marker and any(marker in a for a in argv):
+        return f"fake check failure: {marker}"
+    return ""
+
+
+def check_commands(path):
+    if os.environ.get("FAKE_CHECK_LOG"):
+        with open(os.environ["FAKE_CHECK_LOG"], "a") as f:
+            f.write(f"{path}\n")
+    errors = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                errors.append(check_error(json.loads(line)))
+                print(json.dumps({"ok": not errors[-1], "error": errors[-1]}))
+    return 2 if any(errors) else 0
+
+
+def on_sigterm(out):
+    def handler(signum, _frame):
+        with open(os.path.join(out, "signals.txt"), "a") as f:
+            f.write("SIGTERM\n")
+        if not os.environ.get("FAKE_TRAIN_IGNORE_TERM"):
+            sys.exit(128 + signum)
+    return handler
+
+
+def main():
+    args = build_parser().parse_args()
+    if args.check_commands:
+        sys.exit(check_commands(args.check_commands))
     opts = dict(zip(args.opts[0::2], args.opts[1::2]))
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
+    signal.signal(signal.SIGTERM, on_sigterm(out))
     dataset = os.path.basename(args.dataset_config_file).replace(".yaml", "")
     subsample = opts.get("DATASET.SUBSAMPLE_CLASSES", "all")
     shots = int(opts.get("DATASET.NUM_SHOTS", 16))
@@ -48,6 +101,8 @@ def main():
     sleep = float(os.environ.get("FAKE_TRAIN_SLEEP", "0.2"))
     with open(os.path.join(out, "log.txt"), "a") as log:
         log.write(f"fake train {' '.join(sys.argv[1:])}\n")
+    with open(os.path.join(out, "argv.jsonl"), "a") as f:  # exactly what this process was given
+        f.write(json.dumps([sys.executable, *sys.argv]) + "\n")
 
     fail = os.environ.get("FAKE_TRAIN_FAIL")
     if fail and fail in out:
@@ -55,7 +110,7 @@ def main():
         if not (os.environ.get("FAKE_TRAIN_FAIL_ONCE") and os.path.exists(marker)):
             open(marker, "w").close()
             print("Traceback (most recent call last):\nRuntimeError: fake failure for " + out, file=sys.stderr)
-            sys.exit(3)
+            sys.exit(int(os.environ.get("FAKE_TRAIN_FAIL_CODE", "3")))
 
     model_dir = os.path.join(out, "model")
     train_time = 0.0
@@ -86,9 +141,12 @@ def main():
             with open(os.path.join(out, "epochs.txt"), "a") as f:
                 f.write(f"{epoch + 1}\n")
     accuracy = round(score(state["dataset"], state["seed"], state["epoch"], dataset, subsample, shots), 2)
+    trained = not args.eval_only
     record = {"trainer": args.trainer, "dataset": dataset, "subsample": subsample, "shots": shots, "seed": args.seed,
-              "accuracy": accuracy, "train_time_s": train_time or None, "test_time_s": 0.01,
-              "peak_memory_mb": 100.0 + shots, "peak_memory_kind": "cpu_peak_rss", "trainable_params": 1000 + shots}
+              "backbone": opts.get("MODEL.BACKBONE.NAME", "ViT-B/16"), "accuracy": accuracy,
+              "train_time_s": train_time if trained else None, "test_time_s": 0.01,
+              "peak_memory_mb": 100.0 + shots, "peak_memory_kind": "cpu_peak_rss", "resident_memory_mb": 90.0,
+              "train_step_memory_mb": 10.0 + shots if trained else None, "trainable_params": 1000 + shots}
     atomic_write(os.path.join(out, "results.json"), json.dumps(record))
     with open(os.path.join(out, "completions.txt"), "a") as f:
         f.write(f"{time.time()}\n")

@@ -11,21 +11,24 @@ from tests.runner.conftest import build, sweep_base
 
 
 class FakeLauncher:
-    """Each job 'runs' for `ticks` polls, then writes results.json (or fails when its dir matches `fail`)."""
+    """Each job 'runs' for `ticks` polls, then writes results.json and, if it trains, a checkpoint (or
+    fails with exit code `fail_code` when its dir matches `fail`)."""
 
-    def __init__(self, ticks=3, fail=(), fail_times=99):
-        self.ticks, self.fail, self.fail_times = ticks, fail, fail_times
+    def __init__(self, ticks=3, fail=(), fail_times=99, fail_code=1):
+        self.ticks, self.fail, self.fail_times, self.fail_code = ticks, fail, fail_times, fail_code
         self.running: dict = {}
         self.events: list = []  # (event, output_dir, slot name, env)
         self.max_running = 0
         self.fail_count: dict = {}
 
-    def start(self, job, slot, attempt):
+    def start(self, job, slot, attempt, argv):
         launcher = self
         launcher.events.append(("start", job.output_dir, slot.name, dict(slot.env)))
+        launcher.argvs = getattr(launcher, "argvs", []) + [argv]
 
         class H:
             external_id = f"fake-{len(launcher.events)}"
+            command = " ".join(argv)
             left = launcher.ticks
 
             def poll(self):
@@ -40,11 +43,16 @@ class FakeLauncher:
                         os.makedirs(job.output_dir, exist_ok=True)
                         with open(os.path.join(job.output_dir, "job_output.txt"), "a") as f:
                             f.write("Traceback\nRuntimeError: boom\n")
-                        return 1
-                os.makedirs(job.output_dir, exist_ok=True)
+                        return launcher.fail_code
+                os.makedirs(os.path.join(job.output_dir, "model"), exist_ok=True)
+                if job.trains:
+                    open(os.path.join(job.output_dir, "model", "model.pth.tar-3"), "w").close()
                 with open(os.path.join(job.output_dir, "results.json"), "w") as f:
                     json.dump({"accuracy": 50.0}, f)
                 return 0
+
+            def terminate(self):
+                pass
 
             def kill(self):
                 pass
@@ -90,8 +98,8 @@ def test_eval_waits_for_its_own_training_only(tmp_path):
     slow_dir = plan.jobs[0].output_dir
     orig_start = launcher.start
 
-    def start(job, slot, attempt):
-        h = orig_start(job, slot, attempt)
+    def start(job, slot, attempt, argv):
+        h = orig_start(job, slot, attempt, argv)
         if job.output_dir == slow_dir:
             h.left = 40
         return h
@@ -112,8 +120,10 @@ def test_failure_is_isolated_retried_and_reported(tmp_path):
     launcher = FakeLauncher(fail=[bad_train])
     result, ledger = run(tmp_path, plan, launcher, make_slots([], cpu_workers=2), retries=2)
     assert result.count("failed") == 1 and result.count("skipped") == 1 and result.count("done") == 6
-    (job, msg), = result.failures
-    assert job.output_dir == bad_train and "exit code 1" in msg and "RuntimeError: boom" in msg
+    (failure,) = result.failures
+    assert failure.job.output_dir == bad_train and "exit code 1" in failure.message
+    assert "RuntimeError: boom" in failure.message
+    job = failure.job
     assert [a[1] for a in ledger.attempts_of(job.key)] == ["failed"] * 3  # 1 + 2 retries
     dependent = plan.jobs[4]
     assert ledger.get(dependent.key).status == "skipped" and ledger.attempts_of(dependent.key) == []
@@ -135,3 +145,13 @@ def test_restart_skips_finished_jobs(tmp_path):
     result, _ = run(tmp_path, plan, launcher, make_slots([], cpu_workers=2))
     assert [e[1] for e in launcher.events if e[0] == "start"] == [plan.jobs[1].output_dir]
     assert result.reused == 7 and result.count("done") == 8
+
+
+def test_a_usage_error_is_not_retried(tmp_path):
+    plan = make_plan(tmp_path, seeds=(1,), datasets=("dtd",))
+    launcher = FakeLauncher(fail=[plan.jobs[0].output_dir], fail_code=2)  # train.py's status for a user mistake
+    result, ledger = run(tmp_path, plan, launcher, make_slots([], cpu_workers=1), retries=3)
+    assert [a[1] for a in ledger.attempts_of(plan.jobs[0].key)] == ["failed"]  # one attempt, not 1 + 3
+    (failure,) = result.failures
+    assert "exit code 2 (a usage error: not retried" in failure.reason
+    assert result.count("skipped") == 1

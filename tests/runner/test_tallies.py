@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from runner.plots import plot_accuracy_vs_cost, plot_grid_search
-from runner.tallies import accuracy_table, cost_table, harmonic_mean, write_point_tables
+from runner.tallies import (TOTAL_ROW, ZeroShotReference, accuracy_table, cost_table, harmonic_mean,
+                            write_point_tables)
 from runner.tasks import expand_task
 from tests.runner.conftest import build, sweep_base
 
@@ -44,29 +45,41 @@ def test_b2n_table_h_of_averages_and_std(tmp_path):
     for j in plan.jobs:
         b, n = acc[j.dataset, j.seed]
         put(j, accuracy=b if j.role == "train_base" else n, train_time_s=10.0 * j.seed, test_time_s=1.0,
-            peak_memory_mb=500.0, trainable_params=8192)
+            peak_memory_mb=500.0, train_step_memory_mb=40.0, trainable_params=8192)
     df = accuracy_table("b2n", plan.jobs, [1, 2], task.cfg["data"])
     assert list(df.dataset) == ["caltech101", "eurosat", "average"]  # the originals' order, then average
-    assert list(df.columns) == ["dataset", "base_acc_seed1", "base_acc_seed2", "new_acc_seed1", "new_acc_seed2",
-                                "H_seed1", "H_seed2", "base_acc", "new_acc", "H", "base_acc_std", "new_acc_std", "H_std"]
+    assert list(df.columns) == ["dataset", "base_acc_pct_seed1", "base_acc_pct_seed2", "new_acc_pct_seed1",
+                                "new_acc_pct_seed2", "H_pct_seed1", "H_pct_seed2", "base_acc_pct", "new_acc_pct", "H_pct",
+                                "base_acc_pct_std", "new_acc_pct_std", "H_pct_std"]  # no zero-shot runs: no zs_*
     e = df.set_index("dataset")
-    assert e.loc["eurosat", "H_seed1"] == pytest.approx(18.0)
-    assert e.loc["eurosat", "base_acc"] == 85.0 and e.loc["eurosat", "new_acc"] == 15.0
-    assert e.loc["eurosat", "H"] == pytest.approx(round(2 * 85 * 15 / 100, 2))
-    assert e.loc["eurosat", "base_acc_std"] == pytest.approx(round(np.std([90, 80], ddof=1), 2))
+    assert e.loc["eurosat", "H_pct_seed1"] == pytest.approx(18.0)
+    assert e.loc["eurosat", "base_acc_pct"] == 85.0 and e.loc["eurosat", "new_acc_pct"] == 15.0
+    assert e.loc["eurosat", "H_pct"] == pytest.approx(round(2 * 85 * 15 / 100, 2))
+    assert e.loc["eurosat", "base_acc_pct_std"] == pytest.approx(round(np.std([90, 80], ddof=1), 2))
     # The average row: base 75, new 40 -> H = HM(75, 40) = 52.17, not mean(H) = (65 + 25.5) / 2.
-    assert e.loc["average", "base_acc"] == 75.0 and e.loc["average", "new_acc"] == 40.0
-    assert e.loc["average", "H"] == pytest.approx(52.17)
-    mean_of_h = (e.loc["caltech101", "H"] + e.loc["eurosat", "H"]) / 2
-    assert abs(e.loc["average", "H"] - mean_of_h) > 5
-    assert e.loc["average", "H_seed1"] == pytest.approx(round(harmonic_mean(75.0, 35.0), 2))
+    assert e.loc["average", "base_acc_pct"] == 75.0 and e.loc["average", "new_acc_pct"] == 40.0
+    assert e.loc["average", "H_pct"] == pytest.approx(52.17)
+    mean_of_h = (e.loc["caltech101", "H_pct"] + e.loc["eurosat", "H_pct"]) / 2
+    assert abs(e.loc["average", "H_pct"] - mean_of_h) > 5
+    assert e.loc["average", "H_pct_seed1"] == pytest.approx(round(harmonic_mean(75.0, 35.0), 2))
 
-    cost = cost_table("b2n", plan.jobs, [1, 2], task.cfg["data"]).set_index("dataset")
-    assert cost.loc["eurosat", "training_time_seed2"] == 20.0 and cost.loc["eurosat", "training_time"] == 15.0
-    assert cost.loc["total", "training_time"] == 30.0 and cost.loc["average", "training_time"] == 15.0
-    assert cost.loc["average", "parameter"] == 8192 and cost.loc["average", "peak_memory_mb"] == 500.0
-    assert "new_test_time_seed1" in cost.columns
-    assert str(cost["parameter"].dtype) == "Int64"
+    cost = cost_table("b2n", plan.jobs, [1, 2], task.cfg["data"])
+    # Each quantity: its seeds, then mean and std side by side; units in the names.
+    assert list(cost.columns[:9]) == ["dataset", "train_time_s_seed1", "train_time_s_seed2", "train_time_s",
+                                      "train_time_s_std", "base_test_time_s_seed1", "base_test_time_s_seed2",
+                                      "base_test_time_s", "base_test_time_s_std"]
+    assert {"new_test_time_s", "peak_memory_mb", "peak_memory_mb_std", "train_step_memory_mb", "trainable_params",
+            "trainable_params_std"} <= set(cost.columns)
+    c = cost.set_index("dataset")
+    assert c.loc["eurosat", "train_time_s_seed2"] == 20.0 and c.loc["eurosat", "train_time_s"] == 15.0
+    assert c.loc["eurosat", "train_time_s_std"] == pytest.approx(round(np.std([10, 20], ddof=1), 2))
+    assert c.loc["average", "train_time_s"] == 15.0 and c.loc["average", "trainable_params"] == 8192
+    assert c.loc["average", "peak_memory_mb"] == 500.0 and c.loc["average", "train_step_memory_mb"] == 40.0
+    # Times add up over datasets (per seed: 10 + 10, 20 + 20); memory and parameter counts never do.
+    assert c.loc[TOTAL_ROW, "train_time_s"] == 30.0 and c.loc[TOTAL_ROW, "new_test_time_s"] == 2.0
+    assert c.loc[TOTAL_ROW, ["peak_memory_mb", "train_step_memory_mb", "trainable_params"]].isna().all()
+    assert "total" not in c.index
+    assert str(cost["trainable_params"].dtype) == "Int64"
 
 
 def test_missing_result_leaves_a_visible_hole(tmp_path):
@@ -74,23 +87,72 @@ def test_missing_result_leaves_a_visible_hole(tmp_path):
     for j in plan.jobs[1:]:
         put(j, accuracy=50.0)
     df = accuracy_table("b2n", plan.jobs, [1, 2], task.cfg["data"]).set_index("dataset")
-    assert math.isnan(df.loc["eurosat", "base_acc_seed1"]) and math.isnan(df.loc["average", "H"])
-    assert df.loc["caltech101", "H"] == 50.0
+    assert math.isnan(df.loc["eurosat", "base_acc_pct_seed1"]) and math.isnan(df.loc["average", "H_pct"])
+    assert df.loc["caltech101", "H_pct"] == 50.0
 
 
 def test_xd_table_averages_targets_and_dg_separately(tmp_path):
     task, plan = plan_for(tmp_path, mode="xd")
     values = {"imagenet": 70.0, "dtd": 40.0, "eurosat": 50.0, "imagenet_a": 30.0, "imagenetv2": 60.0}
     for j in plan.jobs:
-        put(j, accuracy=values[j.dataset] + j.seed, train_time_s=None if j.role == "xd_target" else 100.0,
-            test_time_s=2.0, peak_memory_mb=1.0, trainable_params=5)
+        trains = j.role == "xd_source"
+        put(j, accuracy=values[j.dataset] + j.seed, train_time_s=100.0 * j.seed if trains else None,
+            test_time_s=2.0, peak_memory_mb=1.0, train_step_memory_mb=30.0 if trains else None, trainable_params=5)
     df = accuracy_table("xd", plan.jobs, [1, 2], task.cfg["data"])
     assert list(df.dataset) == ["imagenet", "dtd", "eurosat", "imagenetv2", "imagenet_a", "average_xd", "average_dg"]
     e = df.set_index("dataset")
-    assert e.loc["average_xd", "acc"] == 46.5 and e.loc["average_dg", "acc"] == 46.5
-    assert e.loc["average_xd", "acc_seed1"] == 46.0 and e.loc["imagenet", "acc_std"] == pytest.approx(0.71)
+    assert e.loc["average_xd", "acc_pct"] == 46.5 and e.loc["average_dg", "acc_pct"] == 46.5
+    assert e.loc["average_xd", "acc_pct_seed1"] == 46.0 and e.loc["imagenet", "acc_pct_std"] == pytest.approx(0.71)
     cost = cost_table("xd", plan.jobs, [1, 2], task.cfg["data"]).set_index("dataset")
-    assert cost.loc["imagenet", "training_time"] == 100.0 and cost.loc["dtd", "training_time"] == 0.0
+    # The one training run is counted once: its cost is the source row's; targets only have test cost.
+    assert cost.loc["imagenet", "train_time_s"] == 150.0 and cost.loc["imagenet", "trainable_params"] == 5
+    targets = ["dtd", "eurosat", "imagenetv2", "imagenet_a"]
+    assert cost.loc[targets, ["train_time_s", "train_step_memory_mb", "trainable_params"]].isna().all().all()
+    assert (cost.loc[targets, "test_time_s"] == 2.0).all()
+    assert cost.loc["average", "train_time_s"] == 150.0 and cost.loc["average", "train_step_memory_mb"] == 30.0
+    assert cost.loc[TOTAL_ROW, "train_time_s"] == 150.0 and cost.loc[TOTAL_ROW, "test_time_s"] == 10.0
+
+
+def test_eval_only_cost_is_blank_where_nothing_trains(tmp_path):
+    task, plan = plan_for(tmp_path, mode="all", trainer="ZeroshotCLIP", cfg="CoOp/vit_b16", eval_only=True)
+    for j in plan.jobs:
+        put(j, accuracy=60.0, train_time_s=None, test_time_s=3.0, peak_memory_mb=900.0, train_step_memory_mb=None,
+            trainable_params=0)
+    path = tmp_path / "cost.csv"
+    cost_table("all", plan.jobs, [1, 2], task.cfg["data"]).to_csv(path, index=False)
+    c = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("dataset")  # the text a reader sees
+    assert (c[["train_time_s_seed1", "train_time_s", "train_step_memory_mb"]] == "").all().all()  # blank, not 0
+    assert c.loc["eurosat", "test_time_s"] == "3.0" and c.loc["eurosat", "trainable_params"] == "0"
+    assert c.loc[TOTAL_ROW, "test_time_s"] == "6.0" and c.loc[TOTAL_ROW, "train_time_s"] == ""
+
+
+def test_zero_shot_reference_columns(tmp_path):
+    task, plan = plan_for(tmp_path)
+    zs_runs = []
+    for j in plan.jobs:
+        sub = "base" if j.role == "train_base" else "new"
+        put(j, accuracy=80.0 if sub == "base" else 60.0, dataset=j.dataset, subsample=sub, shots=16, seed=j.seed,
+            backbone="ViT-B/16")
+        zs_dir = tmp_path / "zs" / j.role / j.dataset / str(j.seed)
+        zs_dir.mkdir(parents=True)
+        # Zero-shot: 70 on base, 50 on new, except one new-class run of another backbone (must not be used).
+        zs_acc = 70.0 if sub == "base" else 50.0 + j.seed
+        (zs_dir / "results.json").write_text(json.dumps({"accuracy": zs_acc, "dataset": j.dataset, "subsample": sub,
+                                                         "shots": 16, "seed": j.seed, "backbone": "ViT-B/16"}))
+        zs_runs.append(str(zs_dir))
+    other = tmp_path / "zs_other"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({"accuracy": 1.0, "dataset": "eurosat", "subsample": "new",
+                                                    "shots": 16, "seed": 1, "backbone": "RN50"}))
+    reference = ZeroShotReference.from_runs(zs_runs + [str(other)])
+    df = accuracy_table("b2n", plan.jobs, [1, 2], task.cfg["data"], reference).set_index("dataset")
+    assert list(df.columns[-3:]) == ["zs_base_acc_pct", "zs_new_acc_pct", "zs_H_pct"]
+    assert df.loc["eurosat", "zs_base_acc_pct"] == 70.0 and df.loc["eurosat", "zs_new_acc_pct"] == 51.5
+    assert df.loc["average", "zs_H_pct"] == pytest.approx(round(harmonic_mean(70.0, 51.5), 2))
+    # Another shot count is not the same protocol: no reference.
+    shots4 = ZeroShotReference({k.__class__(k.dataset, k.subsample, 4, k.seed, k.backbone): v
+                                for k, v in reference.accuracies.items()})
+    assert "zs_H_pct" not in accuracy_table("b2n", plan.jobs, [1, 2], task.cfg["data"], shots4).columns
 
 
 def test_all_table_and_grid_plot(tmp_path):
@@ -107,8 +169,8 @@ def test_all_table_and_grid_plot(tmp_path):
         tables.append((p.suffix, acc))
         assert os.path.isfile(p.acc_csv) and os.path.isfile(p.cost_csv)
     on_disk = pd.read_csv(plan.points[1].acc_csv)
-    assert list(on_disk.columns) == ["dataset", "acc_seed1", "acc", "acc_std"]
-    assert list(on_disk.dataset) == ["caltech101", "dtd", "average"] and on_disk.acc.iloc[2] == 54.5
+    assert list(on_disk.columns) == ["dataset", "acc_pct_seed1", "acc_pct", "acc_pct_std"]
+    assert list(on_disk.dataset) == ["caltech101", "dtd", "average"] and on_disk.acc_pct.iloc[2] == 54.5
     png = plot_grid_search("all", tables, ["shot"], str(tmp_path / "grid.png"))
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -117,14 +179,21 @@ def test_all_table_and_grid_plot(tmp_path):
 def test_accuracy_vs_cost_plot_has_one_point_per_task(tmp_path):
     from runner.plots import collect_methods
 
-    for name, h, time_s in (("coop", 70.0, 100.0), ("skip", 75.0, 10.0)):
+    for name, h, time_s, mem in (("coop", 70.0, 100.0, 30.0), ("skip", 75.0, 10.0, 5.0), ("zs", 60.0, None, None)):
         os.makedirs(tmp_path / "acc" / name)
         os.makedirs(tmp_path / "cost" / name)
-        pd.DataFrame({"dataset": ["average"], "H": [h]}).to_csv(tmp_path / "acc" / name / "b2n-X-y.csv", index=False)
-        pd.DataFrame({"dataset": ["average"], "training_time": [time_s], "peak_memory_mb": [5.0]}).to_csv(
-            tmp_path / "cost" / name / "b2n-X-y.csv", index=False)
-    methods = collect_methods(str(tmp_path / "acc"), str(tmp_path / "cost"), "b2n")
-    assert sorted(zip(methods.task, methods.accuracy, methods.training_time)) == [("coop", 70.0, 100.0), ("skip", 75.0, 10.0)]
+        pd.DataFrame({"dataset": ["average"], "H_pct": [h], "H_pct_std": [1.5]}).to_csv(
+            tmp_path / "acc" / name / "b2n-X-y.csv", index=False)
+        pd.DataFrame({"dataset": ["average"], "train_time_s": [time_s], "train_time_s_std": [2.0],
+                      "peak_memory_mb": [1000.0], "train_step_memory_mb": [mem],
+                      "train_step_memory_mb_std": [0.5]}).to_csv(tmp_path / "cost" / name / "b2n-X-y.csv", index=False)
+    methods = collect_methods(str(tmp_path / "acc"), str(tmp_path / "cost"), "b2n").set_index("task")
+    assert methods.loc["coop", "accuracy"] == 70.0 and methods.loc["coop", "accuracy_std"] == 1.5
+    assert methods.loc["skip", "train_time_s"] == 10.0 and methods.loc["skip", "train_time_s_std"] == 2.0
+    # The memory axis is the memory training adds, not the whole-process peak (1000 MB for all three).
+    assert methods.loc["coop", "train_step_memory_mb"] == 30.0 and methods.loc["skip", "train_step_memory_mb"] == 5.0
+    assert math.isnan(methods.loc["zs", "train_time_s"])
     paths = plot_accuracy_vs_cost(str(tmp_path / "acc"), str(tmp_path / "cost"), "b2n")
-    assert [os.path.basename(p) for p in paths] == ["b2n-accuracy_vs_training_time.png", "b2n-accuracy_vs_peak_memory.png"]
+    assert [os.path.basename(p) for p in paths] == ["b2n-accuracy_vs_training_time.png",
+                                                    "b2n-accuracy_vs_training_memory.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
