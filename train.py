@@ -18,21 +18,22 @@ import os
 import shlex
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+import yaml
 
 import clip
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # noqa: F401  (registers the trainers)
 from engine import TRAINER_REGISTRY, build_trainer, get_cfg_default
-from engine.config import cfg_to_yaml, merge_from_file, merge_from_list
+from engine.backbone import apply_preprocess
+from engine.config import added_keys, cfg_to_yaml, merge_from_file, merge_from_list
 from engine.data import DATASET_REGISTRY
 from engine.errors import ConfigValueError, MissingFileError, UserError, run_cli
 from engine.trainer import select_device
 from engine.utils import FILE_ONLY, atomic_write_bytes, collect_env_info, mkdir_if_missing, set_random_seed, setup_logger
-from trainers.common import resolve_input_size
 
 logger = logging.getLogger("train")
 
@@ -87,19 +88,45 @@ def build_parser(raise_on_error: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-def extend_cfg(cfg) -> None:
-    """Add every registered trainer's TRAINER.<NAME>.* keys, so any trainer config merges."""
-    for name in TRAINER_REGISTRY.registered_names():
-        extend = getattr(TRAINER_REGISTRY.get(name), "extend_cfg", None)
+def default_cfg(trainer_name: str = ""):
+    """The engine defaults plus the keys of the trainer named `trainer_name` (none if empty)."""
+    cfg = get_cfg_default()
+    if trainer_name:
+        extend = getattr(TRAINER_REGISTRY.get(trainer_name), "extend_cfg", None)
         if extend is not None:
             extend(cfg)
-
-
-def default_cfg():
-    """The engine defaults plus every trainer's keys: what `setup_cfg` starts from."""
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
     return cfg
+
+
+def other_trainers_keys(trainer_name: str) -> set[str]:
+    """Config keys that other registered trainers add and `trainer_name`'s does not. A config file
+    shared by several trainers (CoOp's configs also serve ZeroshotCLIP) may hold them: they are
+    skipped, so that only the chosen trainer's keys are in the run's config."""
+    base = get_cfg_default()
+    own = added_keys(default_cfg(trainer_name), base) if trainer_name else set()
+    others: set[str] = set()
+    for name in TRAINER_REGISTRY.registered_names():
+        if name != trainer_name:
+            others |= added_keys(default_cfg(name), base)
+    return others - own
+
+
+def named_trainer(args: argparse.Namespace) -> str:
+    """--trainer, else TRAINER.NAME from the KEY VALUE options or the config files."""
+    if args.trainer:
+        return args.trainer
+    opts = args.opts or []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if key == "TRAINER.NAME":
+            return str(value)
+    for path in (args.config_file, args.dataset_config_file):
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+            name = loaded.get("TRAINER", {}).get("NAME", "") if isinstance(loaded, dict) else ""
+            if name:
+                return str(name)
+    return ""
 
 
 def reset_cfg(cfg, args: argparse.Namespace) -> None:
@@ -125,18 +152,58 @@ def reset_cfg(cfg, args: argparse.Namespace) -> None:
         cfg.MODEL.HEAD.NAME = args.head
 
 
-def setup_cfg(args: argparse.Namespace):
-    """defaults -> trainer keys -> dataset file -> method file -> flags -> KEY VALUE opts."""
-    cfg = default_cfg()
-    if args.dataset_config_file:
-        merge_from_file(cfg, args.dataset_config_file)
-    if args.config_file:
-        merge_from_file(cfg, args.config_file)
+FLAG_KEYS = {  # config keys the command-line flags set (see reset_cfg)
+    "root": "DATASET.ROOT", "output_dir": "OUTPUT_DIR", "resume": "RESUME", "seed": "SEED",
+    "source_domains": "DATASET.SOURCE_DOMAINS", "target_domains": "DATASET.TARGET_DOMAINS",
+    "transforms": "INPUT.TRANSFORMS", "trainer": "TRAINER.NAME", "backbone": "MODEL.BACKBONE.NAME",
+    "head": "MODEL.HEAD.NAME",
+}
+
+
+@dataclass
+class ResolvedConfig:
+    """The run's frozen config, and what resolving it decided that the run's log should say."""
+
+    cfg: Any
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve_cfg(args: argparse.Namespace) -> ResolvedConfig:
+    """defaults + the chosen trainer's keys -> dataset file -> method file -> flags -> KEY VALUE opts
+    -> the backbone's preprocessing for INPUT keys left unset -> the trainer's own adjustments."""
+    trainer_name = named_trainer(args)
+    cfg = default_cfg(trainer_name)
+    foreign = other_trainers_keys(trainer_name)
+    explicit: set[str] = set()
+    ignored: list[str] = []
+    for path in (args.dataset_config_file, args.config_file):
+        if path:
+            report = merge_from_file(cfg, path, ignored=foreign)
+            explicit.update(report.set_keys)
+            ignored += [f"{key} (in {path})" for key in report.ignored]
     reset_cfg(cfg, args)
-    merge_from_list(cfg, args.opts or [])
-    resolve_input_size(cfg)  # the demo CLIP's input size comes from its checkpoint unless set
+    explicit.update(key for flag, key in FLAG_KEYS.items() if getattr(args, flag) not in (None, "", []))
+    report = merge_from_list(cfg, args.opts or [], ignored=foreign)
+    explicit.update(report.set_keys)
+    ignored += [f"{key} (command line)" for key in report.ignored]
+    resolved = ResolvedConfig(cfg)
+    if ignored:
+        resolved.notes.append(f"Ignored keys of other trainers than {trainer_name or '(none)'}: {', '.join(ignored)}")
+    trainer_cls = TRAINER_REGISTRY.get(trainer_name) if trainer_name else None
+    if trainer_cls is not None and cfg.MODEL.BACKBONE.NAME:
+        preprocess = trainer_cls.backbone_preprocess(cfg)
+        if preprocess is not None:
+            resolved.warnings += apply_preprocess(cfg, preprocess, explicit, cfg.MODEL.BACKBONE.NAME)
+    if trainer_cls is not None:
+        trainer_cls.adjust_cfg(cfg)
     cfg.freeze()
-    return cfg
+    return resolved
+
+
+def setup_cfg(args: argparse.Namespace):
+    """The run's frozen config (see `resolve_cfg`)."""
+    return resolve_cfg(args).cfg
 
 
 # ----------------------------------------------------------------------------- checks
@@ -210,7 +277,7 @@ def changed_options(cfg) -> list[tuple[str, Any]]:
             elif ref is None or _plain(value) != _plain(ref):
                 out.append((prefix + key, value))
 
-    walk(cfg, default_cfg(), "")
+    walk(cfg, default_cfg(cfg.TRAINER.NAME), "")
     return out
 
 
@@ -238,7 +305,8 @@ def run_summary(cfg, args: argparse.Namespace) -> str:
 
 def main(args: argparse.Namespace) -> dict | None:
     """One run, in-process (tests call this); errors propagate. The command line goes through `cli`."""
-    cfg = setup_cfg(args)
+    resolved = resolve_cfg(args)
+    cfg = resolved.cfg
     check_run(args, cfg)
     if args.check:
         print(f"OK: {cfg.TRAINER.NAME} on {cfg.DATASET.NAME} would start (data and weights not checked).")
@@ -247,6 +315,10 @@ def main(args: argparse.Namespace) -> dict | None:
         set_random_seed(cfg.SEED)
     setup_logger(cfg.OUTPUT_DIR)
     logger.info(run_summary(cfg, args))
+    for message in resolved.warnings:
+        logger.warning(message)
+    for message in resolved.notes:
+        logger.info(message)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     logger.info("** Arguments **\n%s", "\n".join(f"{k}: {getattr(args, k)}" for k in sorted(vars(args))),

@@ -25,13 +25,12 @@ import torch
 import torch.nn as nn
 
 from engine.errors import ConfigValueError, MissingFileError, UserError
+from engine.layout import BEST_CHECKPOINT_NAME, checkpoint_name
 from engine.utils import atomic_open, atomic_write_bytes, mkdir_if_missing
 
 __all__ = [
     "save_checkpoint",
     "write_loadable",
-    "checkpoint_name",
-    "parse_checkpoint_epoch",
     "load_checkpoint",
     "resume_from_checkpoint",
     "load_pretrained_weights",
@@ -111,23 +110,6 @@ def _strip_module_prefix(state_dict: Any) -> Any:
     for k, v in state_dict.items():
         out[k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k] = v
     return out
-
-
-CHECKPOINT_PREFIX = "model.pth.tar-"
-BEST_CHECKPOINT_NAME = "model-best.pth.tar"
-
-
-def checkpoint_name(epoch: int) -> str:
-    """Dassl's file name of the checkpoint after `epoch` finished epochs: ``model.pth.tar-<epoch>``."""
-    return f"{CHECKPOINT_PREFIX}{int(epoch)}"
-
-
-def parse_checkpoint_epoch(fname: str) -> int | None:
-    """The epoch in a ``model.pth.tar-<epoch>`` file name; None for any other name."""
-    base = os.path.basename(fname)
-    if base.startswith(CHECKPOINT_PREFIX) and base[len(CHECKPOINT_PREFIX):].isdigit():
-        return int(base[len(CHECKPOINT_PREFIX):])
-    return None
 
 
 def save_checkpoint(

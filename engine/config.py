@@ -14,7 +14,8 @@ import copy
 import difflib
 import logging
 import os
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Collection, Sequence
 
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
@@ -31,7 +32,8 @@ __all__ = [
     "merge_from_file",
     "merge_from_list",
     "cfg_to_yaml",
-    "clean_cfg",
+    "MergeReport",
+    "added_keys",
     "flatten_keys",
 ]
 
@@ -173,6 +175,9 @@ def _build_defaults() -> CfgNode:
     _C.OPTIM.WARMUP_CONS_LR = 1e-5
     _C.OPTIM.WARMUP_MIN_LR = 1e-5
     _C.OPTIM.WARMUP_RECOUNT = True
+    # Not Dassl's: "epoch" steps the schedule after each epoch (Dassl); "iteration" after every
+    # batch, with MAX_EPOCH, STEPSIZE and WARMUP_EPOCH counted in iterations (DyT's recipe).
+    _C.OPTIM.LR_STEP_UNIT = "epoch"
 
     _C.TRAIN = CN()
     _C.TRAIN.CHECKPOINT_FREQ = 0  # <= 0: save only the last epoch
@@ -307,10 +312,39 @@ def _apply(cfg: _YacsCfgNode, plan: list) -> None:
         node[key] = value
 
 
-def merge_from_file(cfg: _YacsCfgNode, path: str) -> None:
+@dataclass
+class MergeReport:
+    """What a merge did: the dotted keys it set, and those it skipped because `ignored` named them."""
+
+    set_keys: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _is_ignored(key: str, ignored: Collection[str]) -> bool:
+    """`key` or one of its parent nodes is in `ignored`."""
+    parts = key.split(".")
+    return any(".".join(parts[: i + 1]) in ignored for i in range(len(parts)))
+
+
+def _prune(tree: dict, ignored: Collection[str], prefix: str, report: MergeReport) -> dict:
+    out = {}
+    for k, v in tree.items():
+        full = f"{prefix}{k}"
+        if _is_ignored(full, ignored):
+            report.ignored.append(full)
+        elif isinstance(v, dict):
+            out[k] = _prune(v, ignored, full + ".", report)
+        else:
+            out[k] = v
+            report.set_keys.append(full)
+    return out
+
+
+def merge_from_file(cfg: _YacsCfgNode, path: str, ignored: Collection[str] = ()) -> MergeReport:
     """Merge the YAML file `path` into `cfg` with yacs semantics and clear errors.
 
-    Nothing is merged unless every key exists and every value has the right type.
+    Nothing is merged unless every key exists and every value has the right type. Keys (or whole
+    nodes) named in `ignored` are skipped and reported instead.
     """
     if not path or not os.path.isfile(path):
         raise MissingFileError(f"Config file not found: {path!r}. Check the --config-file / --dataset-config-file path.")
@@ -319,10 +353,12 @@ def merge_from_file(cfg: _YacsCfgNode, path: str) -> None:
             loaded = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ConfigValueError(f"Config file {path} is not valid YAML: {e}") from e
+    report = MergeReport()
     if loaded is None:  # empty file: nothing to merge
-        return
+        return report
     if not isinstance(loaded, dict):
         raise ConfigValueError(f"Config file {path} must hold a mapping of keys to values, got {type(loaded).__name__}.")
+    loaded = _prune(loaded, ignored, "", report)
     source = f"file {path}"
     unknown = _find_unknown(loaded, cfg)
     if unknown:
@@ -330,15 +366,18 @@ def merge_from_file(cfg: _YacsCfgNode, path: str) -> None:
     plan: list = []
     _plan_merge(cfg, loaded, "", source, plan)
     _apply(cfg, plan)
+    return report
 
 
-def merge_from_list(cfg: _YacsCfgNode, opts: Sequence[Any] | None) -> None:
+def merge_from_list(cfg: _YacsCfgNode, opts: Sequence[Any] | None, ignored: Collection[str] = ()) -> MergeReport:
     """Merge a flat ``[KEY, VALUE, KEY, VALUE, ...]`` list (command-line ``opts``) into `cfg`.
 
-    Nothing is merged unless every key exists and every value has the right type.
+    Nothing is merged unless every key exists and every value has the right type. Keys named in
+    `ignored` (or under a node named there) are skipped and reported instead.
     """
+    report = MergeReport()
     if not opts:
-        return
+        return report
     opts = list(opts)
     if len(opts) % 2 != 0:
         raise ConfigValueError(
@@ -350,6 +389,9 @@ def merge_from_list(cfg: _YacsCfgNode, opts: Sequence[Any] | None) -> None:
     for key, value in zip(opts[0::2], opts[1::2]):
         if not isinstance(key, str):
             raise ConfigValueError(f"Config override key must be a dotted string like OPTIM.LR, got {key!r}.")
+        if _is_ignored(key, ignored):
+            report.ignored.append(key)
+            continue
         node: Any = cfg
         parts = key.split(".")
         for part in parts[:-1]:
@@ -369,7 +411,14 @@ def merge_from_list(cfg: _YacsCfgNode, opts: Sequence[Any] | None) -> None:
             plan.append((node, leaf, _coerce(value, node[leaf], key, source)))
         else:
             plan.append((node, leaf, _YacsCfgNode._decode_cfg_value(value)))
+        report.set_keys.append(key)
     _apply(cfg, plan)
+    return report
+
+
+def added_keys(cfg: _YacsCfgNode, reference: _YacsCfgNode) -> set[str]:
+    """Dotted keys (nodes and leaves) of `cfg` that `reference` does not have."""
+    return set(flatten_keys(cfg)) - set(flatten_keys(reference))
 
 
 def _to_plain(value: Any) -> Any:
@@ -383,14 +432,3 @@ def _to_plain(value: Any) -> Any:
 def cfg_to_yaml(cfg: _YacsCfgNode) -> str:
     """The full resolved config as YAML; merging it into the defaults reproduces `cfg`."""
     return yaml.safe_dump(_to_plain(cfg), sort_keys=False, default_flow_style=False)
-
-
-def clean_cfg(cfg: _YacsCfgNode, trainer: str) -> None:
-    """Drop every ``TRAINER.*`` sub-node except NAME and the one named like `trainer` (upper case)."""
-    keep = {"NAME", trainer.upper()}
-    was_frozen = cfg.is_frozen()
-    cfg.defrost()
-    for key in [k for k in cfg.TRAINER.keys() if k not in keep]:
-        del cfg.TRAINER[key]
-    if was_frozen:
-        cfg.freeze()

@@ -232,12 +232,42 @@ class LinearWarmupScheduler(_BaseWarmupScheduler):
         return [lr * self.last_epoch / self.warmup_epoch for lr in self.base_lrs]
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> LRScheduler:
-    """Build ``optim_cfg.LR_SCHEDULER`` (single_step, multi_step, cosine), wrapped in warm-up if asked."""
+STEP_UNITS = ("epoch", "iteration")
+
+
+def lr_step_unit(scheduler: Any) -> str:
+    """How often the training loop steps `scheduler`: "epoch" (Dassl) or "iteration"."""
+    return getattr(scheduler, "step_unit", "epoch")
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any, iters_per_epoch: int = 1) -> LRScheduler:
+    """Build ``optim_cfg.LR_SCHEDULER`` (single_step, multi_step, cosine), wrapped in warm-up if asked.
+
+    With ``OPTIM.LR_STEP_UNIT "epoch"`` (Dassl's) the engine steps it after each epoch's last
+    batch. With ``"iteration"`` every length in epochs (MAX_EPOCH, STEPSIZE, WARMUP_EPOCH) is
+    counted in iterations (x `iters_per_epoch`) and the engine steps it after every batch.
+    """
+    unit = optim_cfg.LR_STEP_UNIT
+    if unit not in STEP_UNITS:
+        raise ConfigValueError(f"OPTIM.LR_STEP_UNIT={unit!r}; expected one of {STEP_UNITS}.")
+    scale = iters_per_epoch if unit == "iteration" else 1
+    if scale < 1:
+        raise ConfigValueError(f"build_lr_scheduler: iters_per_epoch must be >= 1, got {iters_per_epoch}.")
+    scheduler = _build_scheduler(optimizer, optim_cfg, scale)
+    scheduler.step_unit = unit
+    return scheduler
+
+
+def _build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any, scale: int) -> LRScheduler:
     lr_scheduler = optim_cfg.LR_SCHEDULER
     stepsize = optim_cfg.STEPSIZE
+    if isinstance(stepsize, (list, tuple)):
+        stepsize = type(stepsize)(s * scale if s > 0 else s for s in stepsize)
+    elif isinstance(stepsize, int) and stepsize > 0:
+        stepsize *= scale
     gamma = optim_cfg.GAMMA
-    max_epoch = optim_cfg.MAX_EPOCH
+    max_epoch = optim_cfg.MAX_EPOCH * scale
+    warmup = optim_cfg.WARMUP_EPOCH * scale if optim_cfg.WARMUP_EPOCH > 0 else optim_cfg.WARMUP_EPOCH
 
     if lr_scheduler not in AVAILABLE_LR_SCHEDULERS:
         raise ConfigValueError(
@@ -261,14 +291,14 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> LRSc
     else:
         scheduler = CosineAnnealingLR(optimizer, T_max=float(max_epoch))
 
-    if optim_cfg.WARMUP_EPOCH > 0:
+    if warmup > 0:
         if not optim_cfg.WARMUP_RECOUNT:
             # Dassl quirk: the base scheduler continues from WARMUP_EPOCH instead of restarting at 0.
-            scheduler.last_epoch = optim_cfg.WARMUP_EPOCH
+            scheduler.last_epoch = warmup
         if optim_cfg.WARMUP_TYPE == "constant":
-            scheduler = ConstantWarmupScheduler(optimizer, scheduler, optim_cfg.WARMUP_EPOCH, optim_cfg.WARMUP_CONS_LR)
+            scheduler = ConstantWarmupScheduler(optimizer, scheduler, warmup, optim_cfg.WARMUP_CONS_LR)
         elif optim_cfg.WARMUP_TYPE == "linear":
-            scheduler = LinearWarmupScheduler(optimizer, scheduler, optim_cfg.WARMUP_EPOCH, optim_cfg.WARMUP_MIN_LR)
+            scheduler = LinearWarmupScheduler(optimizer, scheduler, warmup, optim_cfg.WARMUP_MIN_LR)
         else:
             raise ConfigValueError(f"Unknown OPTIM.WARMUP_TYPE={optim_cfg.WARMUP_TYPE!r}; expected 'constant' or 'linear'.")
     return scheduler

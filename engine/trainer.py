@@ -11,6 +11,7 @@ writes `results.json` (accuracy and cost) and optionally `predictions.npz`.
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import logging
 import os
 import resource
@@ -18,24 +19,20 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sized
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from engine.checkpoint import (
-    BEST_CHECKPOINT_NAME,
-    checkpoint_name,
-    load_checkpoint,
-    parse_checkpoint_epoch,
-    save_checkpoint,
-    write_loadable,
-)
+from engine.backbone import Preprocess
+from engine.checkpoint import load_checkpoint, save_checkpoint, write_loadable
+from engine.layout import BEST_CHECKPOINT_NAME, RESUME_POINT_NAME, checkpoint_name, parse_checkpoint_epoch
 from engine.data import DataManager
 from engine.errors import ConfigValueError, MissingFileError, UserError
 from engine.evaluation import build_evaluator
+from engine.optim import lr_step_unit
 from engine.registry import Registry
 from engine.utils import (
     AverageMeter,
@@ -95,8 +92,6 @@ def select_device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
-RESUME_POINT_NAME = "resume.pth.tar"  # in OUTPUT_DIR: the rolling state after the last finished epoch
-
 
 def memory_in_use_mb(device: torch.device) -> float:
     """Memory the process holds now: allocated CUDA memory, or the resident set size on CPU."""
@@ -147,8 +142,9 @@ class TrainerBase:
         self._optims: "OrderedDict[str, Any]" = OrderedDict()
         self._scheds: "OrderedDict[str, Any]" = OrderedDict()
         self._writer = None
-        # Keys of a saved state dict that a trainer rebuilds itself (e.g. CoOp's class-name buffers).
-        self.checkpoint_ignored_keys: tuple[str, ...] = ()
+        # fnmatch patterns of saved keys a trainer rebuilds itself (CoOp's class-name buffers) or that
+        # do not apply to the current classes: not loaded, and not required.
+        self.checkpoint_skip_patterns: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------- registration
     def register_model(self, name: str = "model", model: nn.Module | None = None, optim=None, sched=None) -> None:
@@ -286,15 +282,16 @@ class TrainerBase:
         """Restore what `resume_state` returned."""
 
     def load_model(self, directory: str, epoch: int | None = None) -> None:
-        """Load `model-best.pth.tar` or `model.pth.tar-<epoch>` of every registered model."""
+        """Load ``model.pth.tar-<epoch>`` of every registered model; without an epoch
+        ``model-best.pth.tar``, or where there is none (last_step runs), the last epoch saved."""
         if not directory:
             logger.warning("load_model() is skipped: no --model-dir given, the model keeps its initial weights")
             return
-        fname = BEST_CHECKPOINT_NAME if epoch is None else checkpoint_name(epoch)
         for name in self.get_model_names():
-            fpath = os.path.join(directory, name, fname)
+            folder = os.path.join(directory, name)
+            fname = checkpoint_name(epoch) if epoch is not None else self._default_checkpoint(folder)
+            fpath = os.path.join(folder, fname)
             if not os.path.exists(fpath):
-                folder = os.path.join(directory, name)
                 present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
                 raise MissingFileError(
                     f"Checkpoint not found: {fpath}. "
@@ -302,21 +299,33 @@ class TrainerBase:
                     + "Check --model-dir (the training run's --output-dir) and --load-epoch (= the run's MAX_EPOCH)."
                 )
             checkpoint = load_checkpoint(fpath)
-            state_dict = dict(checkpoint["state_dict"])
-            for key in self.checkpoint_ignored_keys:
-                state_dict.pop(key, None)
+            state_dict = {k: v for k, v in checkpoint["state_dict"].items() if not self._skipped_key(k)}
             self._load_state_dict_checked(name, state_dict, fpath)
             logger.info(
                 "Load %s to %s (epoch=%s, val_result=%s)",
                 fpath, name, checkpoint.get("epoch"), checkpoint.get("val_result"),
             )
 
+    @staticmethod
+    def _default_checkpoint(folder: str) -> str:
+        """model-best.pth.tar if present, else the highest ``model.pth.tar-<E>`` in `folder`."""
+        if os.path.exists(os.path.join(folder, BEST_CHECKPOINT_NAME)) or not os.path.isdir(folder):
+            return BEST_CHECKPOINT_NAME
+        epochs = [e for e in (parse_checkpoint_epoch(f) for f in os.listdir(folder)) if e is not None]
+        if not epochs:
+            return BEST_CHECKPOINT_NAME
+        logger.info("No %s in %s: loading the last epoch saved, %d", BEST_CHECKPOINT_NAME, folder, max(epochs))
+        return checkpoint_name(max(epochs))
+
+    def _skipped_key(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.checkpoint_skip_patterns)
+
     def _load_state_dict_checked(self, name: str, state_dict: Mapping[str, torch.Tensor], fpath: str) -> None:
         """Non-strict only for the keys the trainer rebuilds itself; anything else is a clear error."""
         model = self._models[name]
         own = model.state_dict()
         unexpected = [k for k in state_dict if k not in own]
-        missing = [k for k in own if k not in state_dict and k not in self.checkpoint_ignored_keys]
+        missing = [k for k in own if k not in state_dict and not self._skipped_key(k)]
         mismatched = [
             f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
             for k, v in state_dict.items()
@@ -345,6 +354,16 @@ class TrainerBase:
             if self._scheds[name] is not None:
                 self._scheds[name].step()
 
+    def step_lr_schedule(self) -> None:
+        """Called by the epoch loop after every batch: steps the schedulers that count iterations
+        (`step_unit` "iteration") every time, the others (Dassl's, per epoch) after the epoch's
+        last batch. Methods never step the learning rate themselves."""
+        last_batch = (self.batch_idx + 1) == self.num_batches
+        for name in self.get_model_names():
+            sched = self._scheds[name]
+            if sched is not None and (last_batch or lr_step_unit(sched) == "iteration"):
+                sched.step()
+
     def detect_anomaly(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
             epoch = getattr(self, "epoch", 0) + 1
@@ -353,9 +372,12 @@ class TrainerBase:
             num_batches = getattr(self, "num_batches", "?")
             raise FloatingPointError(
                 f"Loss is infinite or NaN at epoch {epoch}/{max_epoch}, batch {batch}/{num_batches}. "
-                "Training stopped instead of continuing on NaN. Try a lower OPTIM.LR, or fp32/amp precision "
-                "(e.g. TRAINER.COOP.PREC fp32) if the run used fp16."
+                f"Training stopped instead of continuing on NaN. {self.anomaly_hint()}"
             )
+
+    def anomaly_hint(self) -> str:
+        """What to try after a NaN loss; a method adds its own keys (e.g. its precision key)."""
+        return "Try a lower OPTIM.LR."
 
     def init_writer(self, log_dir: str) -> None:
         if self._writer is None:
@@ -467,6 +489,16 @@ class SimpleTrainer(TrainerBase):
         """Trainer-specific checks of the config, run before anything is built (and by `train.py --check`).
 
         Raise a `engine.errors.UserError` (e.g. `ConfigValueError`) naming the key and the fix."""
+
+    @classmethod
+    def adjust_cfg(cls, cfg) -> None:
+        """Changes the trainer makes to the (unfrozen) config before the run starts, so that
+        config.yaml records the settings the run really uses (e.g. Skip Tuning's epoch reduction)."""
+
+    @classmethod
+    def backbone_preprocess(cls, cfg) -> Preprocess | None:
+        """The input size, mean, std and interpolation of the backbone `cfg` names (None: not known)."""
+        return None
 
     def resume_state(self) -> dict:
         return {"best_result": float(self.best_result)}
@@ -706,18 +738,32 @@ def _round_or_none(value: float | None, digits: int = 1) -> float | None:
 class TrainerX(SimpleTrainer):
     """Trainer over labelled data only (train_loader_x)."""
 
+    def epoch_batches(self) -> Sized:
+        """The batches of the current epoch (a sized iterable): the training loader by default.
+
+        A method that produces its batches differently (Skip Tuning's cached states and batch
+        plan) overrides this, not `run_epoch`."""
+        return self.train_loader_x
+
+    @staticmethod
+    def batch_size_of(batch: Any) -> int:
+        """Images in a batch (for throughput): its labels' count."""
+        return len(batch["label"])
+
     def run_epoch(self) -> None:
         self.set_model_mode("train")
         losses = MetricMeter()
         batch_time = AverageMeter()
         data_time = AverageMeter()
-        self.num_batches = len(self.train_loader_x)
+        batches = self.epoch_batches()
+        self.num_batches = len(batches)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
+        for self.batch_idx, batch in enumerate(batches):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
-            self.train_images_seen += len(batch["label"])
+            self.step_lr_schedule()
+            self.train_images_seen += self.batch_size_of(batch)
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 import clip
 from engine.errors import ConfigValueError
+from trainers.prompts import clean_classname
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,6 @@ PRECISIONS = ("fp16", "fp32", "amp")
 def template_for(dataset_name: str) -> str:
     """The dataset's zero-shot template; datasets not in the table use 'a photo of a {}.'."""
     return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
-
-
-def clean_classname(name: str) -> str:
-    """Class names are stored with underscores; prompts use spaces."""
-    return name.replace("_", " ")
 
 
 # INPUT.SIZE of the engine defaults and of every CLIP trainer config. For the demo CLIP this value
@@ -108,11 +104,6 @@ def load_clip_to_cpu(cfg) -> nn.Module:
             f"Set 'INPUT.SIZE ({resolution}, {resolution})'{hint}."
         )
     return model
-
-
-def check_precision(prec: str, key: str) -> None:
-    if prec not in PRECISIONS:
-        raise ConfigValueError(f"{key} must be one of {PRECISIONS}, got '{prec}'")
 
 
 def autocast_context(prec: str, device: torch.device):

@@ -12,30 +12,18 @@ saved by the original code load here and the other way round.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import clip
-from engine import TRAINER_REGISTRY, TrainerX
-from engine.checkpoint import load_pretrained_weights
+from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
-from engine.evaluation import compute_accuracy
-from engine.optim import build_lr_scheduler, build_optimizer
 from engine.errors import ConfigValueError
-from trainers.common import (
-    autocast_context,
-    check_precision,
-    clean_classname,
-    cosine_logits,
-    load_clip_to_cpu,
-    make_grad_scaler,
-    template_for,
-)
+from trainers.base import ClipMethod, MethodModel, staged_param_groups
+from trainers.common import template_for
+from trainers.prompts import clean_classname
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +61,15 @@ def ft_template_for(dataset_name: str) -> str:
 
 def add_ft_cfg(cfg) -> None:
     """Keys shared by FinetuneCLIP and SkipTuning (the original's `extend_cfg`)."""
-    if "PREC" not in cfg.TRAINER:
-        cfg.TRAINER.PREC = "fp16"  # fp16 (pure fp16 SGD, as the original), fp32, amp
-    if "NEW_LR" not in cfg.OPTIM:
-        cfg.OPTIM.NEW_LR = 0.0003  # LR of the OPTIM.NEW_LAYERS group with STAGED_LR (original default)
-    if "FINETUNE" not in cfg.TRAINER:
-        cfg.TRAINER.FINETUNE = CN()
-        cfg.TRAINER.FINETUNE.LEARNABLE_TEXT = True
-        cfg.TRAINER.FINETUNE.LEARNABLE_IMAGE = True
-        cfg.TRAINER.FINETUNE.LEARNABLE_PREFIX_MODULES = ""  # '+'-joined PREFIX_TAGS to unfreeze
-        cfg.TRAINER.FINETUNE.START_LAYER = 0  # blocks below it stay frozen
+    cfg.TRAINER.PREC = "fp16"  # fp16 (pure fp16 SGD, as the original), fp32, amp
+    cfg.OPTIM.NEW_LR = 0.0003  # LR of the OPTIM.NEW_LAYERS group with STAGED_LR (original default)
+    cfg.OPTIM.NEW_LAYERS = ("image_encoder",)  # with STAGED_LR: the image encoder at NEW_LR
+    cfg.OPTIM.BASE_LR_MULT = 1.0  # the rest at LR (the original's optimiser ignores this key)
+    cfg.TRAINER.FINETUNE = CN()
+    cfg.TRAINER.FINETUNE.LEARNABLE_TEXT = True
+    cfg.TRAINER.FINETUNE.LEARNABLE_IMAGE = True
+    cfg.TRAINER.FINETUNE.LEARNABLE_PREFIX_MODULES = ""  # '+'-joined PREFIX_TAGS to unfreeze
+    cfg.TRAINER.FINETUNE.START_LAYER = 0  # blocks below it stay frozen
 
 
 class TextEncoder(nn.Module):
@@ -97,47 +84,59 @@ class TextEncoder(nn.Module):
         self.text_projection = clip_model.text_projection
 
 
-class FinetuneModel(nn.Module):
+class FinetuneModel(MethodModel):
     """CLIP plus the class prompts; `learnable_params` is what is registered, optimised and saved."""
 
     def __init__(self, clip_model: nn.Module, classnames: list[str], template: str,
-                 learnable_text: bool = True, learnable_image: bool = True) -> None:
-        super().__init__()
+                 learnable_text: bool = True, learnable_image: bool = True,
+                 unfrozen_stem: frozenset[str] = frozenset(), start_layer: int = 0) -> None:
+        super().__init__(clip_model)
         if not (learnable_text or learnable_image):
             raise ConfigValueError(
                 "TRAINER.FINETUNE.LEARNABLE_TEXT and LEARNABLE_IMAGE are both False: nothing to fine-tune. "
                 "Set at least one to True (or use ZeroshotCLIP)."
             )
-        self.clip_model = clip_model
         prompts = [template.format(clean_classname(c)) for c in classnames]
         logger.info("Prompts: %s%s", prompts[:5], " ..." if len(prompts) > 5 else "")
         self.register_buffer("tokenized_texts", clip.tokenize(prompts), persistent=False)
-        self.learnable_text = learnable_text
         self.learnable_params = nn.ModuleDict()
         if learnable_text:
             self.learnable_params["text_encoder"] = TextEncoder(clip_model)
         if learnable_image:
             self.learnable_params["image_encoder"] = clip_model.visual
+        self.unfrozen_stem = unfrozen_stem
+        self.start_layer = start_layer
         self.fixed_text_features = None
         if not learnable_text:  # a frozen text tower is run once
             with torch.no_grad():
                 self.fixed_text_features = clip_model.encode_text(self.tokenized_texts)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.clip_model.dtype
+    def learnable_modules(self) -> dict[str, nn.Module]:
+        return {"learnable_params": self.learnable_params}
 
-    def text_features(self) -> torch.Tensor:
+    def set_trainable(self) -> None:
+        """Both towers train, except the stem (but `unfrozen_stem` tags), blocks below
+        `start_layer` and `logit_scale`."""
+        super().set_trainable()
+        for tag, part in frozen_stem(self.clip_model).items():
+            if tag not in self.unfrozen_stem:
+                part.requires_grad_(False)
+        for tower in (self.clip_model.transformer, self.clip_model.visual.transformer):
+            for block in tower.resblocks[: self.start_layer]:
+                block.requires_grad_(False)
+        self.clip_model.logit_scale.requires_grad_(False)
+
+    def param_groups(self, optim_cfg) -> list[dict]:
+        # The original's staged LR: the image encoder (OPTIM.NEW_LAYERS) at OPTIM.NEW_LR.
+        return staged_param_groups(list(self.named_trainable_parameters()), optim_cfg, new_lr=optim_cfg.NEW_LR)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip_model.encode_image(images.to(self.dtype))
+
+    def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         if self.fixed_text_features is not None:
             return self.fixed_text_features.to(self.tokenized_texts.device)
         return self.clip_model.encode_text(self.tokenized_texts)
-
-    def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits over all classes; `text_features` may be passed in to reuse them across batches."""
-        image_features = self.clip_model.encode_image(images)
-        if text_features is None:
-            text_features = self.text_features()
-        return cosine_logits(image_features, text_features, self.clip_model.logit_scale)
 
 
 def frozen_stem(clip_model: nn.Module) -> dict[str, nn.Module | nn.Parameter]:
@@ -153,47 +152,11 @@ def frozen_stem(clip_model: nn.Module) -> dict[str, nn.Module | nn.Parameter]:
     }
 
 
-def set_trainable(model: FinetuneModel, unfrozen_tags: set[str], start_layer: int) -> None:
-    """Only `learnable_params` trains, minus the stem (except `unfrozen_tags`) and blocks < start_layer."""
-    clip_model = model.clip_model
-    clip_model.requires_grad_(False)
-    model.learnable_params.requires_grad_(True)
-    for tag, part in frozen_stem(clip_model).items():
-        if tag not in unfrozen_tags:
-            part.requires_grad_(False)
-    for tower in (clip_model.transformer, clip_model.visual.transformer):
-        for block in tower.resblocks[:start_layer]:
-            block.requires_grad_(False)
-    clip_model.logit_scale.requires_grad_(False)
-
-
-def staged_param_groups(learnable: nn.Module, optim_cfg) -> list[dict]:
-    """The original's staged LR: trainable params whose name contains a NEW_LAYERS entry get NEW_LR.
-
-    An empty OPTIM.NEW_LAYERS means the original's ['image_encoder'] (text at LR, image at NEW_LR).
-    Without STAGED_LR all trainable params form one group at OPTIM.LR.
-    """
-    named = [(n, p) for n, p in learnable.named_parameters() if p.requires_grad]
-    if not optim_cfg.STAGED_LR:
-        return [{"params": [p for _, p in named]}]
-    new_layers = optim_cfg.NEW_LAYERS or ("image_encoder",)
-    new_layers = [new_layers] if isinstance(new_layers, str) else list(new_layers)
-    base = [p for n, p in named if not any(layer in n for layer in new_layers)]
-    new = [p for n, p in named if any(layer in n for layer in new_layers)]
-    if not new:
-        logger.warning("OPTIM.STAGED_LR is on but no trainable parameter matches OPTIM.NEW_LAYERS=%s: one LR", new_layers)
-        return [{"params": base}]
-    logger.info("Staged LR: %d tensors at LR %g, %d tensors (%s) at NEW_LR %g",
-                len(base), optim_cfg.LR, len(new), "/".join(new_layers), optim_cfg.NEW_LR)
-    groups = [{"params": new, "lr": optim_cfg.NEW_LR}]
-    if base:
-        groups.insert(0, {"params": base, "lr": optim_cfg.LR})
-    return groups
-
-
 @TRAINER_REGISTRY.register()
-class FinetuneCLIP(TrainerX):
+class FinetuneCLIP(ClipMethod):
     """Full fine-tuning of CLIP (both encoders) with per-dataset prompts."""
+
+    precision_key = "TRAINER.PREC"
 
     @staticmethod
     def extend_cfg(cfg) -> None:
@@ -201,7 +164,7 @@ class FinetuneCLIP(TrainerX):
 
     @classmethod
     def check_cfg(cls, cfg) -> None:
-        check_precision(cfg.TRAINER.PREC, "TRAINER.PREC")
+        super().check_cfg(cfg)
         tags = [t for t in cfg.TRAINER.FINETUNE.LEARNABLE_PREFIX_MODULES.split("+") if t]
         unknown = [t for t in tags if t not in PREFIX_TAGS]
         if unknown:
@@ -210,66 +173,11 @@ class FinetuneCLIP(TrainerX):
                 f"use '+'-joined tags from {PREFIX_TAGS} (e.g. 'ln+ipe') or ''."
             )
 
-    # ------------------------------------------------------------------ model
-    def build_custom_model(self, clip_model: nn.Module, classnames: list[str], template: str) -> FinetuneModel:
+    def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:
         ft = self.cfg.TRAINER.FINETUNE
-        return FinetuneModel(clip_model, classnames, template, ft.LEARNABLE_TEXT, ft.LEARNABLE_IMAGE)
-
-    def configure_trainable(self) -> None:
-        ft = self.cfg.TRAINER.FINETUNE
-        set_trainable(self.model, set(ft.LEARNABLE_PREFIX_MODULES.split("+")) - {""}, ft.START_LAYER)
-
-    def build_model(self) -> None:
-        cfg = self.cfg
-        prec = cfg.TRAINER.PREC
-        if prec == "fp16" and self.device.type != "cuda":
-            logger.warning("TRAINER.PREC fp16 (pure fp16 SGD) is meant for CUDA and is slow on CPU; "
-                           "use TRAINER.PREC fp32 or amp on CPU.")
-        logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
-        clip_model = load_clip_to_cpu(cfg)
-        if prec in ("fp32", "amp"):
-            clip_model.float()
-        template = ft_template_for(cfg.DATASET.NAME)
-        self.model = self.build_custom_model(clip_model, self.dm.dataset.classnames, template)
-        self.configure_trainable()
-        if cfg.MODEL.INIT_WEIGHTS:
-            load_pretrained_weights(self.model.learnable_params, cfg.MODEL.INIT_WEIGHTS)
-        self.model.to(self.device)
-        trainable = sorted(n for n, p in self.model.learnable_params.named_parameters() if p.requires_grad)
-        logger.info("Parameters to be updated (%d tensors): %s ...", len(trainable), trainable[:4])
-        # STAGED_LR is handled here by parameter name (the original's rule), not by the engine's child split.
-        optim_cfg = cfg.OPTIM.clone()
-        optim_cfg.defrost()
-        optim_cfg.STAGED_LR = False
-        self.optim = build_optimizer(None, optim_cfg, param_groups=staged_param_groups(self.model.learnable_params, cfg.OPTIM))
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model("learnable_params", self.model.learnable_params, self.optim, self.sched)
-        self.scaler = make_grad_scaler(prec, self.device)
-        self._eval_text_features = None
-
-    # ------------------------------------------------------------------ training
-    def backward_and_update(self, loss: torch.Tensor) -> None:
-        if self.scaler is None:
-            self.model_backward_and_update(loss)
-            return
-        self.model_zero_grad()
-        self.detect_anomaly(loss)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optim)
-        self.scaler.update()
-
-    def forward_backward(self, batch) -> dict:
-        image, label = self.parse_batch_train(batch)
-        with autocast_context(self.cfg.TRAINER.PREC, self.device):
-            output = self.model(image.to(self.model.dtype))
-            loss = F.cross_entropy(output, label)
-        self.backward_and_update(loss)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
-
-    def parse_batch_train(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+        return FinetuneModel(clip_model, classnames, ft_template_for(self.cfg.DATASET.NAME), ft.LEARNABLE_TEXT,
+                             ft.LEARNABLE_IMAGE, frozenset(ft.LEARNABLE_PREFIX_MODULES.split("+")) - {""},
+                             ft.START_LAYER)
 
     def before_epoch(self) -> None:
         self.epoch_start_time = time.time()
@@ -283,30 +191,3 @@ class FinetuneCLIP(TrainerX):
             speed = self.num_batches * (self.max_epoch - self.start_epoch) / max(training_time, 1e-9)
             logger.info("Training time: %.2fs, Speed: %.2f batch/s", training_time, speed)
         super().after_epoch()
-
-    # ------------------------------------------------------------------ evaluation
-    def test(self, split: str | None = None) -> float:
-        # The text tower is the same for every test batch: encode all class prompts once per test.
-        self._eval_text_features = None
-        try:
-            return super().test(split)
-        finally:
-            self._eval_text_features = None
-
-    @torch.no_grad()
-    def model_inference(self, image: torch.Tensor) -> torch.Tensor:
-        with autocast_context(self.cfg.TRAINER.PREC, self.device):
-            if self._eval_text_features is None:
-                self._eval_text_features = self.model.text_features()
-            return self.model(image.to(self.model.dtype), self._eval_text_features).float()
-
-    def load_model(self, directory: str, epoch: int | None = None) -> None:
-        """Without --load-epoch and without model-best, load the last epoch saved (as the original does)."""
-        if directory and epoch is None:
-            folder = os.path.join(directory, "learnable_params")
-            if not os.path.exists(os.path.join(folder, "model-best.pth.tar")) and os.path.isdir(folder):
-                epochs = [int(m.group(1)) for f in os.listdir(folder) if (m := re.fullmatch(r"model\.pth\.tar-(\d+)", f))]
-                if epochs:
-                    epoch = max(epochs)
-                    logger.info("No model-best.pth.tar in %s: loading the last epoch, %d", folder, epoch)
-        super().load_model(directory, epoch)

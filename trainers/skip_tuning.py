@@ -32,11 +32,10 @@ import torch.nn.functional as F
 from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.data import build_data_loader, build_transform
-from engine.evaluation import compute_accuracy
-from engine.utils import AverageMeter, MetricMeter
 from engine.errors import ConfigValueError
-from trainers.common import autocast_context, cosine_logits, text_features_from_hidden, text_hidden_states
-from trainers.finetune import FinetuneCLIP, FinetuneModel, frozen_stem
+from trainers.base import Loss, MethodModel, StepOutput
+from trainers.common import cosine_logits, text_features_from_hidden, text_hidden_states
+from trainers.finetune import FinetuneCLIP, FinetuneModel, ft_template_for
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +144,9 @@ class SkipModel(FinetuneModel):
     """FT-CLIP's model plus the cached-state forward used in training (LSkip + CSkip)."""
 
     def __init__(self, clip_model: nn.Module, classnames: list[str], template: str, skip_cfg) -> None:
-        super().__init__(clip_model, classnames, template, learnable_text=True, learnable_image=True)
-        self.start_layer = skip_cfg.START_LAYER
+        # The stems and blocks [0:ω] of both towers are always frozen, whatever TRAINER.FINETUNE says.
+        super().__init__(clip_model, classnames, template, learnable_text=True, learnable_image=True,
+                         start_layer=skip_cfg.START_LAYER)
         self.drop_ratio = skip_cfg.DROP_RATIO
         self.lam = skip_cfg.LAMBDA
         self.num_classes = len(classnames)
@@ -201,22 +201,42 @@ class SkipModel(FinetuneModel):
         )
         return cosine_logits(image_features, text_features, self.clip_model.logit_scale), labels, selected
 
+    def training_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        """A step on cached states entering block ω (not on images), over the CSkip class subset."""
+        logits, targets, selected = self.forward_cached(inputs, labels)
+        return StepOutput(Loss(F.cross_entropy(logits, targets)), logits, targets, {"classes": float(len(selected))})
+
+
+class PlannedBatches(Sequence):
+    """One epoch's batches of cached states, cut from the cache on demand by the batch plan."""
+
+    def __init__(self, states: torch.Tensor, labels: torch.Tensor, plan: list[list[int]]) -> None:
+        self.states, self.labels, self.plan = states, labels, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.plan[i]
+        return {"img": self.states[idx], "label": self.labels[idx]}
+
 
 @TRAINER_REGISTRY.register()
 class SkipTuning(FinetuneCLIP):
     """FT-CLIP with LSkip (cached frozen prefix) and CSkip (per-step class subset)."""
 
     def __init__(self, cfg) -> None:
-        reduced = reduced_max_epoch(cfg.DATASET.NAME, cfg.OPTIM.MAX_EPOCH)
-        if reduced != cfg.OPTIM.MAX_EPOCH:
-            cfg = cfg.clone()
-            cfg.defrost()
-            logger.info("%s: OPTIM.MAX_EPOCH %d -> %d (Skip Tuning's epoch reduction)", cfg.DATASET.NAME, cfg.OPTIM.MAX_EPOCH, reduced)
-            cfg.OPTIM.MAX_EPOCH = reduced
-            cfg.freeze()
         self.cache_time_s = 0.0  # all cache extraction, the first included
         self.first_cache_time_s: float | None = None
         super().__init__(cfg)
+
+    @classmethod
+    def adjust_cfg(cls, cfg) -> None:
+        reduced = reduced_max_epoch(cfg.DATASET.NAME, cfg.OPTIM.MAX_EPOCH)
+        if reduced != cfg.OPTIM.MAX_EPOCH:
+            logger.info("%s: OPTIM.MAX_EPOCH %d -> %d (Skip Tuning's epoch reduction)", cfg.DATASET.NAME,
+                        cfg.OPTIM.MAX_EPOCH, reduced)
+            cfg.OPTIM.MAX_EPOCH = reduced
 
     @staticmethod
     def extend_cfg(cfg) -> None:
@@ -240,24 +260,12 @@ class SkipTuning(FinetuneCLIP):
         if not 0.0 <= skip.DROP_RATIO < 1.0:
             raise ConfigValueError(f"TRAINER.SKIP.DROP_RATIO must be in [0, 1), got {skip.DROP_RATIO}.")
 
-    def build_custom_model(self, clip_model, classnames, template) -> SkipModel:
+    def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:
         layers = min(clip_model.transformer.layers, clip_model.visual.transformer.layers)
         start = self.cfg.TRAINER.SKIP.START_LAYER
         if not 0 <= start <= layers:
             raise ConfigValueError(f"TRAINER.SKIP.START_LAYER={start} is outside 0..{layers} (the encoders' block count).")
-        return SkipModel(clip_model, classnames, template, self.cfg.TRAINER.SKIP)
-
-    def configure_trainable(self) -> None:
-        # The stems and blocks [0:ω] are always frozen here, whatever TRAINER.FINETUNE says.
-        model = self.model
-        model.clip_model.requires_grad_(False)
-        model.learnable_params.requires_grad_(True)
-        for part in frozen_stem(model.clip_model).values():
-            part.requires_grad_(False)
-        for tower in (model.clip_model.transformer, model.clip_model.visual.transformer):
-            for block in tower.resblocks[: model.start_layer]:
-                block.requires_grad_(False)
-        model.clip_model.logit_scale.requires_grad_(False)
+        return SkipModel(clip_model, classnames, ft_template_for(self.cfg.DATASET.NAME), self.cfg.TRAINER.SKIP)
 
     # ------------------------------------------------------------------ caches
     @torch.no_grad()
@@ -271,7 +279,7 @@ class SkipTuning(FinetuneCLIP):
         self.model.eval()
         states, labels = [], []
         for batch in loader:
-            with autocast_context(cfg.TRAINER.PREC, self.device):
+            with self.autocast():
                 hidden = self.model.image_prefix(batch["img"].to(self.device))
             states.append(hidden.to(self.model.dtype).cpu())
             labels.append(batch["label"].cpu())
@@ -280,7 +288,7 @@ class SkipTuning(FinetuneCLIP):
     def build_caches(self) -> None:
         """Text cache, image cache and this epoch's batch plan; the time goes to `cache_time_s`."""
         t0 = time.time()
-        with autocast_context(self.cfg.TRAINER.PREC, self.device):
+        with self.autocast():
             self.model.cache_text()
         self.image_cache, self.cache_labels = self.extract_image_cache()
         single_class = self.cfg.DATASET.NUM_SHOTS >= 4
@@ -310,37 +318,8 @@ class SkipTuning(FinetuneCLIP):
             self.build_caches()  # fresh augmentation every epoch, as the original
         super().before_epoch()
 
-    def run_epoch(self) -> None:
-        self.set_model_mode("train")
-        losses, batch_time = MetricMeter(), AverageMeter()
-        self.num_batches = len(self.batch_plan)
-        print_freq = self.cfg.TRAIN.PRINT_FREQ
-        end = time.time()
-        for self.batch_idx, idx in enumerate(self.batch_plan):
-            loss_summary = self.forward_backward((self.image_cache[idx], self.cache_labels[idx]))
-            self.train_images_seen += len(idx)
-            batch_time.update(time.time() - end)
-            losses.update(loss_summary)
-            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
-                logger.info("epoch [%d/%d] batch [%d/%d] time %.3f (%.3f) %s lr %.4e",
-                            self.epoch + 1, self.max_epoch, self.batch_idx + 1, self.num_batches,
-                            batch_time.val, batch_time.avg, losses, self.get_current_lr())
-            n_iter = self.epoch * self.num_batches + self.batch_idx
-            for name, meter in losses.meters.items():
-                self.write_scalar("train/" + name, meter.avg, n_iter)
-            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
-            end = time.time()
-
-    def forward_backward(self, batch) -> dict:
-        hidden, labels = batch
-        hidden, labels = hidden.to(self.device), labels.to(self.device)
-        with autocast_context(self.cfg.TRAINER.PREC, self.device):
-            logits, targets, selected = self.model.forward_cached(hidden, labels)
-            loss = F.cross_entropy(logits, targets)
-        self.backward_and_update(loss)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(logits, targets)[0].item(), "classes": float(len(selected))}
+    def epoch_batches(self) -> PlannedBatches:
+        return PlannedBatches(self.image_cache, self.cache_labels, self.batch_plan)
 
     def extra_results(self) -> dict:
         """Skip Tuning's cost, measured like the original: train_time_s excludes the first cache only."""

@@ -9,25 +9,36 @@ from __future__ import annotations
 import logging
 
 import torch
-from engine.config import CfgNode as CN
+import torch.nn as nn
 
-from engine import TRAINER_REGISTRY, TrainerX
+from engine import TRAINER_REGISTRY
+from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
-from trainers.common import (
-    IMAGENET_TEMPLATES_SELECT,
-    check_precision,
-    cosine_logits,
-    load_clip_to_cpu,
-    template_for,
-    text_features_for_templates,
-)
+from trainers.base import ClipMethod, Features, MethodModel
+from trainers.common import IMAGENET_TEMPLATES_SELECT, cosine_logits, template_for, text_features_for_templates
 
 logger = logging.getLogger(__name__)
 
 
+class ZeroshotModel(MethodModel):
+    """CLIP with fixed class text features (normalised once, as the original)."""
+
+    def __init__(self, clip_model: nn.Module, text_features: torch.Tensor) -> None:
+        super().__init__(clip_model)
+        self.register_buffer("text_features", text_features, persistent=False)
+
+    def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.text_features
+
+    def logits(self, features: Features) -> torch.Tensor:
+        # The features are normalised already; not normalising again keeps fp16 results bit-identical.
+        return cosine_logits(features.image, features.text, self.clip_model.logit_scale, text_normalized=True)
+
+
 @TRAINER_REGISTRY.register()
-class ZeroshotCLIP(TrainerX):
+class ZeroshotCLIP(ClipMethod):
     has_training = False  # train.py refuses a run without --eval-only before building anything
+    precision_key = "TRAINER.ZSCLIP.PREC"
 
     @staticmethod
     def extend_cfg(cfg) -> None:
@@ -42,30 +53,12 @@ class ZeroshotCLIP(TrainerX):
     def train(self) -> None:
         raise ConfigValueError(f"{type(self).__name__} has nothing to train: run it with --eval-only.")
 
-    @classmethod
-    def check_cfg(cls, cfg) -> None:
-        check_precision(cfg.TRAINER.ZSCLIP.PREC, "TRAINER.ZSCLIP.PREC")
-
-    def build_model(self) -> None:
-        cfg = self.cfg
-        classnames = self.dm.dataset.classnames
-        logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
-        clip_model = load_clip_to_cpu(cfg)
-        if cfg.TRAINER.ZSCLIP.PREC != "fp16":
-            clip_model.float()
-        clip_model.to(self.device)
-        for p in clip_model.parameters():
-            p.requires_grad_(False)
+    def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:
         templates = self.templates()
         logger.info("Prompt templates: %s", templates)
-        self.text_features = text_features_for_templates(clip_model, classnames, templates, self.device)
-        self.clip_model = clip_model
-        self.model = clip_model
-
-    @torch.no_grad()
-    def model_inference(self, image: torch.Tensor) -> torch.Tensor:
-        image_features = self.clip_model.encode_image(image.type(self.clip_model.dtype))
-        return cosine_logits(image_features, self.text_features, self.clip_model.logit_scale, text_normalized=True)
+        clip_model.to(self.device)
+        text_features = text_features_for_templates(clip_model, classnames, templates, self.device)
+        return ZeroshotModel(clip_model, text_features)
 
 
 @TRAINER_REGISTRY.register()
@@ -74,7 +67,7 @@ class ZeroshotCLIP2(ZeroshotCLIP):
 
     @staticmethod
     def extend_cfg(cfg) -> None:
-        pass  # shares TRAINER.ZSCLIP with ZeroshotCLIP
+        ZeroshotCLIP.extend_cfg(cfg)  # the same TRAINER.ZSCLIP keys
 
     def templates(self) -> list[str]:
         templates = list(IMAGENET_TEMPLATES_SELECT)

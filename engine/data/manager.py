@@ -15,7 +15,6 @@ from engine.data.samplers import build_sampler
 from engine.data.transforms import INTERPOLATION_MODES, build_transform
 from engine.errors import ConfigValueError
 from engine.utils import read_image
-from engine.errors import ConfigValueError
 
 __all__ = ["DataManager", "DatasetWrapper", "build_data_loader"]
 

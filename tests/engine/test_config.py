@@ -7,7 +7,6 @@ from engine.config import (
     ConfigKeyError,
     ConfigTypeError,
     cfg_to_yaml,
-    clean_cfg,
     get_cfg_default,
     merge_from_file,
     merge_from_list,
@@ -161,13 +160,19 @@ def test_cfg_to_yaml_round_trip(tmp_path):
     assert fresh.INPUT.SIZE == (32, 32)
 
 
-def test_clean_cfg_keeps_only_named_trainer():
+def test_ignored_keys_are_skipped_and_reported_by_both_merges(tmp_path):
     cfg = get_cfg_default()
     cfg.TRAINER.COOP = CN()
-    cfg.TRAINER.COCOOP = CN()
-    clean_cfg(cfg, "CoOp")
-    assert set(cfg.TRAINER.keys()) == {"NAME", "COOP"}
-
+    cfg.TRAINER.COOP.N_CTX = 16
+    path = tmp_path / "c.yaml"
+    path.write_text("OPTIM:\n  LR: 0.5\nTRAINER:\n  COCOOP:\n    N_CTX: 4\n  COOP:\n    N_CTX: 8\n")
+    report = merge_from_file(cfg, str(path), ignored={"TRAINER.COCOOP"})
+    assert report.ignored == ["TRAINER.COCOOP"] and sorted(report.set_keys) == ["OPTIM.LR", "TRAINER.COOP.N_CTX"]
+    assert cfg.OPTIM.LR == 0.5 and cfg.TRAINER.COOP.N_CTX == 8 and "COCOOP" not in cfg.TRAINER
+    report = merge_from_list(cfg, ["TRAINER.COCOOP.PREC", "fp32", "OPTIM.MAX_EPOCH", "3"], ignored={"TRAINER.COCOOP"})
+    assert report.ignored == ["TRAINER.COCOOP.PREC"] and report.set_keys == ["OPTIM.MAX_EPOCH"]
+    with pytest.raises(KeyError, match="TRAINER.COCOOP"):  # not ignored: still an unknown key
+        merge_from_list(cfg, ["TRAINER.COCOOP.PREC", "fp32"])
 
 def test_failed_merge_changes_nothing_and_frozen_cfg_refuses(tmp_path):
     cfg = get_cfg_default()

@@ -284,11 +284,11 @@ def test_lr_follows_warmup_then_cosine_per_epoch(caltech_root, tiny_clip_path, t
 
 
 def test_nan_loss_stops_with_epoch_and_step(caltech_root, tiny_clip_path, tmp_path, monkeypatch):
-    from trainers.coop import CustomCLIP
+    from trainers.coop import CoOpModel
 
-    monkeypatch.setattr(CustomCLIP, "forward", lambda self, image: torch.full(
-        (image.shape[0], 6), float("nan"), requires_grad=True))
-    with pytest.raises(FloatingPointError, match=r"epoch 1/3, batch 1/6"):
+    monkeypatch.setattr(CoOpModel, "logits", lambda self, features: torch.full(
+        (features.image.shape[0], 6), float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match=r"epoch 1/3, batch 1/6.*lower OPTIM\.LR"):
         run_train(coop_argv(caltech_root, tiny_clip_path, tmp_path / "run"))
 
 

@@ -169,8 +169,7 @@ def test_only_blocks_from_start_layer_and_heads_train(caltech_root, tiny_clip_pa
     before = {n: p.detach().clone() for n, p in clip_model.named_parameters()}
     trainer.before_train()
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 99
-    idx = trainer.batch_plan[0]
-    trainer.forward_backward((trainer.image_cache[idx], trainer.cache_labels[idx]))
+    trainer.forward_backward(trainer.epoch_batches()[0])
     for n, p in clip_model.named_parameters():
         changed = not torch.equal(p, before[n])
         assert changed == (n in expected), n
@@ -286,8 +285,7 @@ def test_fp16_and_amp_steps(prec, caltech_root, tiny_clip_path, tmp_path):
     trainer.before_train()
     assert trainer.image_cache.dtype == block.in_proj_weight.dtype
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 99
-    idx = trainer.batch_plan[0]
-    summary = trainer.forward_backward((trainer.image_cache[idx], trainer.cache_labels[idx]))
+    summary = trainer.forward_backward(trainer.epoch_batches()[0])
     trainer.close_writer()
     assert np.isfinite(summary["loss"])
     assert block.in_proj_weight.dtype == before.dtype and not torch.equal(block.in_proj_weight, before)

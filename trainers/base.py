@@ -1,0 +1,310 @@
+"""The method base: what every CLIP method shares, so that a method file holds only its own maths.
+
+Two pieces:
+
+* `MethodModel` — a CLIP method as a module. It declares what it learns (`learnable_modules`,
+  saved under those names in Dassl's checkpoint layout) and exposes its computation in two steps,
+  `features` (image features [B, D] and class text features [C, D] or, per image, [B, C, D]) and
+  `logits`, plus `loss` (a classification term and named regularisers). A plug-in (DePT's extra
+  head, a residual, a regulariser) wraps any host model through these without copying it.
+* `ClipMethod` — the trainer. It loads CLIP in the run's precision (read from the original's key
+  of each method, `precision_key`), freezes everything the model does not declare learnable,
+  builds the optimiser and scheduler from the model's parameter groups (`OPTIM.STAGED_LR` has one
+  meaning, see `staged_param_groups`), registers the learnable modules for checkpoints, and takes
+  the optimisation step (fp16 / fp32 / amp, a GradScaler for fp16 autocast on CUDA, the NaN check).
+  The engine runs the loop and steps the learning rate.
+
+Sketch of the methods to come: CoCoOp is a prompt learner whose `encode_texts` uses
+`ClassPrompts.assemble_per_image` (`text_depends_on_image = True`); KgCoOp is CoOp plus a
+regulariser in `loss`; MaPLe passes its deep prompts to both encoders in `encode_images` /
+`encode_texts`; TaskRes adds a residual to fixed text features in `encode_texts`; DePT wraps any
+host model, adds its head on `features(...).image`, mixes logits in `logits` and rescales
+`Loss.ce` in `loss`, with its own parameter group.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import clip
+from engine import TrainerX
+from engine.backbone import Preprocess
+from engine.checkpoint import load_pretrained_weights
+from engine.errors import ConfigValueError
+from engine.evaluation import compute_accuracy
+from engine.optim import build_lr_scheduler, build_optimizer
+from trainers.common import PRECISIONS, autocast_context, cosine_logits, load_clip_to_cpu, make_grad_scaler
+
+__all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "StepOutput", "staged_param_groups"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    """A batch's image features [B, D] and the class text features: [C, D] shared by the batch or
+    [B, C, D] per image. Unnormalised, as the encoders give them."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+
+
+@dataclass
+class Loss:
+    """A training loss: the classification term and the method's regularisers, by name."""
+
+    ce: torch.Tensor
+    regularisers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.ce + sum(self.regularisers.values()) if self.regularisers else self.ce
+
+
+@dataclass
+class StepOutput:
+    """One training step's loss, the logits and the labels they are scored against."""
+
+    loss: Loss
+    logits: torch.Tensor
+    labels: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class MethodModel(nn.Module):
+    """A CLIP method: the CLIP model plus what the method learns (see the module docstring)."""
+
+    # True when the class text features depend on the image (CoCoOp): then they cannot be
+    # computed once per evaluation.
+    text_depends_on_image = False
+    # Whether test-time inference runs under autocast with PREC amp (the originals differ).
+    autocast_at_test = True
+
+    def __init__(self, clip_model: nn.Module) -> None:
+        super().__init__()
+        self.clip_model = clip_model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.clip_model.dtype
+
+    # ------------------------------------------------------------------ what is learned
+    def learnable_modules(self) -> dict[str, nn.Module]:
+        """Checkpoint name -> module trained and saved (Dassl: one folder per name)."""
+        return {}
+
+    def set_trainable(self) -> None:
+        """Freeze everything but the learnable modules (refine to freeze parts of them)."""
+        self.requires_grad_(False)
+        for module in self.learnable_modules().values():
+            module.requires_grad_(True)
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Trainable parameters named ``<checkpoint name>.<name in the module>``, each once."""
+        seen: set[int] = set()
+        for prefix, module in self.learnable_modules().items():
+            for name, param in module.named_parameters():
+                if param.requires_grad and id(param) not in seen:
+                    seen.add(id(param))
+                    yield f"{prefix}.{name}", param
+
+    def param_groups(self, optim_cfg: Any) -> list[dict]:
+        """The optimiser's parameter groups (default: `staged_param_groups` at the engine's LRs)."""
+        return staged_param_groups(list(self.named_trainable_parameters()), optim_cfg, new_lr=optim_cfg.LR)
+
+    def checkpoint_skip_patterns(self) -> tuple[str, ...]:
+        """fnmatch patterns of checkpoint keys not loaded: buffers rebuilt for the current classes,
+        or modules that do not apply to them (DePT's base-class head on new classes)."""
+        return ()
+
+    # ------------------------------------------------------------------ maths
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip_model.encode_image(images.type(self.dtype))
+
+    def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Class text features [C, D] (or [B, C, D] when `text_depends_on_image`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode_texts()")
+
+    def features(self, images: torch.Tensor, text: torch.Tensor | None = None) -> Features:
+        """Image and class text features; `text` reuses features computed earlier (evaluation)."""
+        image_features = self.encode_images(images)
+        if text is None:
+            text = self.encode_texts(image_features)
+        return Features(image_features, text)
+
+    def logits(self, features: Features) -> torch.Tensor:
+        """CLIP's scaled cosine similarity, [B, C]."""
+        if features.text.dim() == 3:
+            image = features.image / features.image.norm(dim=-1, keepdim=True)
+            text = features.text / features.text.norm(dim=-1, keepdim=True)
+            return self.clip_model.logit_scale.exp() * torch.einsum("bd,bcd->bc", image, text)
+        return cosine_logits(features.image, features.text, self.clip_model.logit_scale)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.features(images))
+
+    def loss(self, features: Features, logits: torch.Tensor, labels: torch.Tensor) -> Loss:
+        return Loss(F.cross_entropy(logits, labels))
+
+    def training_step(self, inputs: Any, labels: torch.Tensor) -> StepOutput:
+        features = self.features(inputs)
+        logits = self.logits(features)
+        return StepOutput(self.loss(features, logits, labels), logits, labels)
+
+
+def staged_param_groups(named: list[tuple[str, nn.Parameter]], optim_cfg: Any, new_lr: float) -> list[dict]:
+    """`OPTIM.STAGED_LR`'s one meaning: parameters whose name contains an `OPTIM.NEW_LAYERS` entry
+    train at `new_lr` (the method's choice: Dassl's LR, FT-CLIP's NEW_LR, DePT's LR x LR_EXP), the
+    others at LR x BASE_LR_MULT. Without STAGED_LR every parameter is in one group at OPTIM.LR."""
+    if not optim_cfg.STAGED_LR:
+        return [{"params": [p for _, p in named]}]
+    new_layers = [optim_cfg.NEW_LAYERS] if isinstance(optim_cfg.NEW_LAYERS, str) else list(optim_cfg.NEW_LAYERS)
+    is_new = [any(layer in name for layer in new_layers) for name, _ in named]
+    base = [p for (_, p), new in zip(named, is_new) if not new]
+    new = [p for (_, p), new in zip(named, is_new) if new]
+    if not new:
+        logger.warning("OPTIM.STAGED_LR is on but no trainable parameter matches OPTIM.NEW_LAYERS=%s: one LR",
+                       new_layers)
+        return [{"params": base}]
+    base_lr = optim_cfg.LR * optim_cfg.BASE_LR_MULT
+    logger.info("Staged LR: %d tensors at LR %g, %d tensors (%s) at %g",
+                len(base), base_lr, len(new), "/".join(new_layers), new_lr)
+    groups = [{"params": new, "lr": new_lr}]
+    if base:
+        groups.insert(0, {"params": base, "lr": base_lr})
+    return groups
+
+
+class ClipMethod(TrainerX):
+    """The trainer of every CLIP method: see the module docstring. A method sets `precision_key`
+    and implements `build_method`; the rest is optional."""
+
+    precision_key = "TRAINER.PREC"  # the original's name of the method's precision key
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def precision(cls, cfg) -> str:
+        node: Any = cfg
+        for part in cls.precision_key.split("."):
+            node = node[part]
+        return node
+
+    @classmethod
+    def check_cfg(cls, cfg) -> None:
+        prec = cls.precision(cfg)
+        if prec not in PRECISIONS:
+            raise ConfigValueError(f"{cls.precision_key} must be one of {PRECISIONS}, got '{prec}'")
+
+    @classmethod
+    def backbone_preprocess(cls, cfg) -> Preprocess:
+        """The CLIP's own input size, mean, std and interpolation (read without building it)."""
+        return Preprocess.from_pretrained_cfg(clip.preprocess_cfg(cfg.MODEL.BACKBONE.NAME))
+
+    def anomaly_hint(self) -> str:
+        hint = super().anomaly_hint()
+        if self.precision(self.cfg) == "fp16":
+            hint += f" The run used fp16: try {self.precision_key} fp32 or amp."
+        return hint
+
+    # ------------------------------------------------------------------ model
+    def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:
+        raise NotImplementedError(f"{type(self).__name__} must implement build_method()")
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        prec = self.precision(cfg)
+        if prec == "fp16" and self.device.type != "cuda" and self.has_training:
+            logger.warning("%s fp16 (fp16 weights updated in place, as the original) is meant for CUDA and slow "
+                           "on CPU; use %s fp32 or amp there.", self.precision_key, self.precision_key)
+        logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
+        clip_model = load_clip_to_cpu(cfg)
+        if prec in ("fp32", "amp"):
+            clip_model.float()
+        self.model = self.build_method(clip_model, self.dm.dataset.classnames)
+        self.model.set_trainable()
+        modules = self.model.learnable_modules()
+        if cfg.MODEL.INIT_WEIGHTS and modules:
+            target = next(iter(modules.values())) if len(modules) == 1 else nn.ModuleDict(modules)
+            load_pretrained_weights(target, cfg.MODEL.INIT_WEIGHTS)
+        self.model.to(self.device)
+        self.checkpoint_skip_patterns = self.model.checkpoint_skip_patterns()
+        self.scaler = make_grad_scaler(prec, self.device)
+        if not modules:
+            return
+        trainable = [name for name, _ in self.model.named_trainable_parameters()]
+        logger.info("Parameters to be updated (%d tensors): %s%s", len(trainable), trainable[:4],
+                    " ..." if len(trainable) > 4 else "")
+        # STAGED_LR is resolved by the model's parameter groups, not by the engine's child split.
+        optim_cfg = cfg.OPTIM.clone()
+        optim_cfg.defrost()
+        optim_cfg.STAGED_LR = False
+        self.optim = build_optimizer(None, optim_cfg, param_groups=self.model.param_groups(cfg.OPTIM))
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM, iters_per_epoch=max(1, len(self.train_loader_x)))
+        for i, (name, module) in enumerate(modules.items()):
+            # One optimiser for all: its state is saved with the first module.
+            self.register_model(name, module, self.optim if i == 0 else None, self.sched if i == 0 else None)
+
+    # ------------------------------------------------------------------ training
+    def autocast(self):
+        return autocast_context(self.precision(self.cfg), self.device)
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def forward_backward(self, batch) -> dict:
+        inputs, labels = self.parse_batch_train(batch)
+        with self.autocast():
+            out = self.model.training_step(inputs, labels)
+            loss = out.loss.total
+        self.optimization_step(loss)
+        summary = {"loss": loss.item(), "acc": compute_accuracy(out.logits, out.labels)[0].item()}
+        summary.update({name: value.item() for name, value in out.loss.regularisers.items()})
+        summary.update(out.metrics)
+        return summary
+
+    def optimization_step(self, loss: torch.Tensor) -> None:
+        """zero_grad, backward (scaled under fp16 autocast on CUDA), step; a NaN loss stops the run."""
+        if self.scaler is None:
+            self.model_backward_and_update(loss)
+            return
+        self.model_zero_grad()
+        self.detect_anomaly(loss)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optim)
+        self.scaler.update()
+
+    def resume_state(self) -> dict:
+        state = super().resume_state()
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_resume_state(self, state) -> None:
+        super().load_resume_state(state)
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+
+    # ------------------------------------------------------------------ evaluation
+    def test(self, split: str | None = None) -> float:
+        # Class text features that do not depend on the image are computed once per evaluation.
+        self._test_text = None
+        try:
+            return super().test(split)
+        finally:
+            self._test_text = None
+
+    @torch.no_grad()
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        context = self.autocast() if self.model.autocast_at_test else contextlib.nullcontext()
+        with context:
+            text = getattr(self, "_test_text", None)
+            features = self.model.features(images, text=text)
+            if not self.model.text_depends_on_image:
+                self._test_text = features.text
+            return self.model.logits(features).float()
