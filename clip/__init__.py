@@ -6,22 +6,23 @@ Imports nothing from the rest of the project.
 from .loading import (
     CheckpointError,
     MODEL_FILES,
-    OPENAI_DATASET_MEAN,
-    OPENAI_DATASET_STD,
+    MODEL_RESOLUTIONS,
     _download,
     available_models,
     check_model_name,
     default_cache_dir,
     download,
-    image_transform,
     load,
     load_state_dict,
     model_url,
+    preprocess_cfg,
+    register_local_model,
     resolve_checkpoint,
 )
 from .model import (
     CLIP,
     CLIPConfig,
+    PRECISIONS,
     ModifiedResNet,
     Transformer,
     VisionTransformer,
@@ -29,6 +30,7 @@ from .model import (
     convert_weights,
     infer_config,
 )
+from .preprocess import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_transform, openai_preprocess_cfg
 from .tokenizer import EOT_TOKEN, SOT_TOKEN, decode_tokens, encode_text_tokens, tokenize
 
 __all__ = [
@@ -37,9 +39,11 @@ __all__ = [
     "CLIPConfig",
     "EOT_TOKEN",
     "MODEL_FILES",
+    "MODEL_RESOLUTIONS",
     "ModifiedResNet",
     "OPENAI_DATASET_MEAN",
     "OPENAI_DATASET_STD",
+    "PRECISIONS",
     "SOT_TOKEN",
     "Transformer",
     "VisionTransformer",
@@ -56,6 +60,9 @@ __all__ = [
     "load",
     "load_state_dict",
     "model_url",
+    "openai_preprocess_cfg",
+    "preprocess_cfg",
+    "register_local_model",
     "resolve_checkpoint",
     "tokenize",
 ]

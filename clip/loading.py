@@ -19,20 +19,18 @@ import urllib.request
 import warnings
 import zipfile
 from collections import OrderedDict
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torchvision import transforms
 from tqdm import tqdm
 
-from .model import CLIP, EXTRA_KEYS, build_model
+from .model import CLIP, EXTRA_KEYS, build_model, infer_config
+from .preprocess import image_transform, openai_preprocess_cfg
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://openaipublic.azureedge.net/clip/models"
-OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # name -> (file name, SHA-256). The digest is also the second-to-last URL component.
 MODEL_FILES: "OrderedDict[str, Tuple[str, str]]" = OrderedDict(
@@ -49,11 +47,24 @@ MODEL_FILES: "OrderedDict[str, Tuple[str, str]]" = OrderedDict(
     ]
 )
 
-# Checkpoints shipped inside the repository, by short name. "demo" is the tiny CLIP pretrained on
-# the procedural demo world (re-created by `python -m demo.pretrain_clip`); it is a path, not an import.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_MODEL_NAME = "demo"
-LOCAL_MODELS: Dict[str, str] = {DEMO_MODEL_NAME: os.path.join(_REPO_ROOT, "demo", "assets", "demo_clip.pt")}
+# Input resolution of each released model (OpenAI's model card; the geometry of its checkpoint),
+# so its preprocessing is known without downloading it.
+MODEL_RESOLUTIONS: Dict[str, int] = {
+    "RN50": 224,
+    "RN101": 224,
+    "RN50x4": 288,
+    "RN50x16": 384,
+    "RN50x64": 448,
+    "ViT-B/32": 224,
+    "ViT-B/16": 224,
+    "ViT-L/14": 224,
+    "ViT-L/14@336px": 336,
+}
+
+# Checkpoint files known by a short name, added by `register_local_model` (e.g. `import demo`
+# registers "demo"); name -> path, and the fix to print when that file is missing.
+LOCAL_MODELS: Dict[str, str] = {}
+_LOCAL_MODEL_HINTS: Dict[str, str] = {}
 
 _CHUNK = 1 << 20
 
@@ -62,6 +73,24 @@ class CheckpointError(RuntimeError):
     """A CLIP checkpoint that cannot be found, downloaded or read; the message says how to fix it.
 
     Command-line tools report it as a user error (one message, no traceback)."""
+
+
+def register_local_model(name: str, path: str, *, missing_hint: str = "") -> None:
+    """Let `name` stand for the checkpoint file `path` wherever a model name is accepted.
+
+    `missing_hint` is added to the error raised when the file is missing (how to restore it).
+    Registering a name again with the same path is a no-op; a released model name, or a name
+    already registered for another file, raises ValueError.
+    """
+    if name in MODEL_FILES:
+        raise ValueError(f"Cannot register local model {name!r}: it is the name of a released CLIP; choose another name.")
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if LOCAL_MODELS.get(name, path) != path:
+        raise ValueError(
+            f"Local model {name!r} is already registered as {LOCAL_MODELS[name]}; cannot register it as {path}."
+        )
+    LOCAL_MODELS[name] = path
+    _LOCAL_MODEL_HINTS[name] = missing_hint
 
 
 def available_models() -> List[str]:
@@ -173,7 +202,7 @@ _download = download
 
 
 def resolve_checkpoint(name_or_path: str, download_root: Optional[str] = None) -> str:
-    """File path for a model name (cached or downloaded), a shipped model ("demo") or an existing checkpoint path."""
+    """File path for a model name (cached or downloaded), a registered local model or an existing checkpoint path."""
     if name_or_path in MODEL_FILES:
         return download(model_url(name_or_path), download_root or default_cache_dir(), MODEL_FILES[name_or_path][1])
     path = _local_file(name_or_path)
@@ -182,8 +211,8 @@ def resolve_checkpoint(name_or_path: str, download_root: Optional[str] = None) -
 
 
 def check_model_name(name_or_path: str) -> None:
-    """Raise `CheckpointError` unless `name_or_path` is a released model name, a shipped model or an
-    existing file. Downloads and reads nothing (for checking a run's settings before it starts)."""
+    """Raise `CheckpointError` unless `name_or_path` is a released model name, a registered local
+    model or an existing file. Downloads and reads nothing (for checking a run's settings before it starts)."""
     if not name_or_path:
         raise CheckpointError(
             "MODEL.BACKBONE.NAME is empty: give a CLIP name (e.g. ViT-B/16) or a checkpoint path, "
@@ -194,14 +223,12 @@ def check_model_name(name_or_path: str) -> None:
 
 
 def _local_file(name_or_path: str) -> str:
-    """The file of a shipped model name or of an existing path; a clear error otherwise."""
+    """The file of a registered local model name or of an existing path; a clear error otherwise."""
     if name_or_path in LOCAL_MODELS:
         path = LOCAL_MODELS[name_or_path]
         if not os.path.isfile(path):
-            raise CheckpointError(
-                f"Model {name_or_path!r} should be the file {path}, which is missing. Restore it from the "
-                "repository (git checkout -- demo/assets) or re-create it with `python -m demo.pretrain_clip`."
-            )
+            hint = _LOCAL_MODEL_HINTS.get(name_or_path) or "Restore that file or register the name with another path."
+            raise CheckpointError(f"Model {name_or_path!r} should be the file {path}, which is missing. {hint}")
         return path
     path = os.path.expanduser(str(name_or_path))
     if os.path.isfile(path):
@@ -287,21 +314,16 @@ def _normalize_state_dict(raw: object, path: str) -> Dict[str, Tensor]:
     return state
 
 
-def _convert_to_rgb(image):
-    return image.convert("RGB")
+def preprocess_cfg(name_or_path: str, download_root: Optional[str] = None) -> Dict[str, Any]:
+    """The preprocessing of a CLIP, in timm's ``pretrained_cfg`` keys, without building the model.
 
-
-def image_transform(n_px: int) -> Callable:
-    """OpenAI's preprocessing: bicubic resize of the shorter side, center crop, RGB, to tensor, normalize."""
-    return transforms.Compose(
-        [
-            transforms.Resize(n_px, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(n_px),
-            _convert_to_rgb,
-            transforms.ToTensor(),
-            transforms.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
-        ]
-    )
+    A released name is answered from a table (nothing is downloaded); a registered local model or a
+    checkpoint path from its file's geometry. Equals ``model.preprocess_cfg`` of the built model.
+    """
+    if name_or_path in MODEL_RESOLUTIONS:
+        return openai_preprocess_cfg(MODEL_RESOLUTIONS[name_or_path])
+    state_dict = load_state_dict(name_or_path, download_root)
+    return openai_preprocess_cfg(infer_config(state_dict).image_resolution)
 
 
 def load(
@@ -309,16 +331,18 @@ def load(
     device: Union[str, torch.device] = "cpu",
     jit: bool = False,
     download_root: Optional[str] = None,
+    precision: Optional[str] = None,
 ) -> Tuple[CLIP, Callable]:
     """``(model, preprocess)`` for a model name or checkpoint path.
 
-    The model is in eval mode: fp32 on CPU, OpenAI's mixed fp16 elsewhere.
-    ``jit=True`` is accepted for compatibility and ignored (with a warning): the
+    The model is in eval mode, in ``precision`` ("fp16": OpenAI's mixed precision; "fp32": the
+    file's values exactly, see `build_model`); by default fp32 on CPU and fp16 elsewhere, as OpenAI's
+    ``clip.load``. ``jit=True`` is accepted for compatibility and ignored (with a warning): the
     TorchScript model is always rebuilt as a regular module.
     """
     if jit:
         warnings.warn("clip.load(jit=True) is not supported; loading the regular (non-JIT) model.", stacklevel=2)
-    model = build_model(load_state_dict(name_or_path, download_root)).to(device)
-    if torch.device(device).type == "cpu":
-        model = model.float()
+    if precision is None:
+        precision = "fp32" if torch.device(device).type == "cpu" else "fp16"
+    model = build_model(load_state_dict(name_or_path, download_root), precision=precision).to(device)
     return model, image_transform(model.visual.input_resolution)

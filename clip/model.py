@@ -22,11 +22,13 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .preprocess import openai_preprocess_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -439,6 +441,11 @@ class CLIP(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
+    @property
+    def preprocess_cfg(self) -> Dict[str, Any]:
+        """The input this model expects, in timm's ``pretrained_cfg`` keys (see `clip.preprocess`)."""
+        return openai_preprocess_cfg(self.visual.input_resolution)
+
     def causal_mask(self, length: int) -> Tensor:
         """Additive [length, length] mask: position i attends to positions <= i."""
         if length > self.context_length:
@@ -631,11 +638,20 @@ def infer_config(state_dict: Mapping[str, Tensor]) -> CLIPConfig:
     )
 
 
-def build_model(state_dict: Mapping[str, Tensor]) -> CLIP:
-    """Build a CLIP from an OpenAI-format state dict: infer geometry, mixed fp16, strict load, eval mode.
+# What `build_model` can make of a checkpoint's tensors.
+PRECISIONS = ("fp16", "fp32")
 
+
+def build_model(state_dict: Mapping[str, Tensor], precision: str = "fp16") -> CLIP:
+    """Build a CLIP from an OpenAI-format state dict: infer geometry, set precision, strict load, eval mode.
+
+    ``precision="fp16"``: OpenAI's mixed precision (`convert_weights`), whatever the file's dtypes,
+    so fp32 files are rounded to it. ``"fp32"``: every tensor in fp32 holding the file's values
+    exactly; an OpenAI fp16 file is upcast exactly, which equals ``build_model(sd).float()``.
     The caller's dict is not modified.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     config = infer_config(state_dict)
     # Construct on the meta device and adopt the checkpoint's tensors: random init of a
     # full-size model would take seconds only to be overwritten. Cloning keeps the model
@@ -645,7 +661,8 @@ def build_model(state_dict: Mapping[str, Tensor]) -> CLIP:
     weights = {k: v.detach().clone() for k, v in state_dict.items() if k not in EXTRA_KEYS}
     model.load_state_dict(weights, strict=True, assign=True)
     model.reset_buffers()
-    model.float()  # whatever the file's dtypes, end with exactly OpenAI's mixed precision
-    convert_weights(model)
-    logger.debug("Built CLIP %s", config)
+    model.float()  # upcasting is exact: fp32 now holds exactly the file's values
+    if precision == "fp16":
+        convert_weights(model)  # exactly OpenAI's mixed precision, whatever the file's dtypes
+    logger.debug("Built CLIP %s (%s)", config, precision)
     return model.eval()

@@ -78,7 +78,11 @@ def test_encode_text_matches_manual_openai_computation(vit_model):
         for block in m.transformer.resblocks:
             x = block(x, m.causal_mask(77))
         x = m.ln_final(x)[torch.arange(len(TEXTS)), tokens.argmax(-1)] @ m.text_projection
-        torch.testing.assert_close(m.encode_text(tokens), x, atol=1e-6, rtol=0)
+        # encode_text runs the same arithmetic on sequences truncated after EOT, so only the
+        # summation order of GEMMs over another sequence length differs: a relative error of about
+        # sqrt(K) * 2**-24 per stage (K <= 256 terms), over ~24 stages (2 blocks + head) -> ~2.3e-5.
+        tol = 24 * 256**0.5 * 2**-24 * x.abs().max().item()
+        torch.testing.assert_close(m.encode_text(tokens), x, atol=tol, rtol=0)
 
 
 def test_causal_mask_values_and_not_in_state_dict(vit_model):

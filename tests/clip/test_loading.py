@@ -126,3 +126,42 @@ def test_local_file_named_like_release_warns_on_digest_mismatch(tmp_path, caplog
 @pytest.fixture(scope="module")
 def tiny_vit_file(tmp_path_factory):
     return write_random_clip(tmp_path_factory.mktemp("ckpt") / "tiny.pt", "vit", seed=4)
+
+
+@pytest.fixture
+def local_models(monkeypatch):
+    """An empty local-model table for one test (registrations do not leak into others)."""
+    monkeypatch.setattr(clip.loading, "LOCAL_MODELS", {})
+    monkeypatch.setattr(clip.loading, "_LOCAL_MODEL_HINTS", {})
+    return clip.loading.LOCAL_MODELS
+
+
+def test_registered_name_loads_its_file(tmp_path, local_models):
+    path = write_random_clip(tmp_path / "weights" / "mine.pt", "vit", seed=11)
+    with pytest.raises(clip.CheckpointError, match="'mine' not found"):
+        clip.check_model_name("mine")
+    clip.register_local_model("mine", str(path))
+    clip.register_local_model("mine", str(path))  # again, same file: fine
+    clip.check_model_name("mine")
+    assert clip.resolve_checkpoint("mine") == str(path)
+    state = clip.load_state_dict("mine")
+    reference = random_openai_state_dict("vit", seed=11)
+    assert all(torch.equal(state[k], reference[k]) for k in state)
+    with pytest.raises(clip.CheckpointError, match=r"\['mine'\]"):  # listed among the known names
+        clip.check_model_name("mien")
+
+
+def test_register_refuses_released_names_and_a_second_file(tmp_path, local_models):
+    with pytest.raises(ValueError, match="released CLIP"):
+        clip.register_local_model("ViT-B/16", str(tmp_path / "x.pt"))
+    clip.register_local_model("mine", str(tmp_path / "a.pt"))
+    with pytest.raises(ValueError, match="already registered"):
+        clip.register_local_model("mine", str(tmp_path / "b.pt"))
+    assert local_models == {"mine": str(tmp_path / "a.pt")}
+
+
+def test_missing_registered_file_names_the_file_and_the_hint(tmp_path, local_models):
+    clip.register_local_model("gone", str(tmp_path / "gone.pt"), missing_hint="Re-create it with `make gone`.")
+    for check in (clip.check_model_name, clip.load_state_dict):
+        with pytest.raises(clip.CheckpointError, match=r"gone\.pt, which is missing\. Re-create it with `make gone`"):
+            check("gone")

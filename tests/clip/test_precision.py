@@ -120,3 +120,111 @@ def test_build_model_normalises_any_file_dtypes(vit_state_dict, file_dtype):
     with torch.no_grad():
         model.ln_final.weight.add_(1.0)
     assert not torch.equal(model.ln_final.weight, state["ln_final.weight"].float())
+
+
+# --- precision="fp32": a checkpoint's fp32 values survive ------------------------------------------
+
+# Relative feature difference between two fp32 implementations of the same network: each stage
+# (a GEMM/conv, a softmax, a LayerNorm) rounds a sum of at most K_MAX terms, with a typical
+# relative error of sqrt(K_MAX) * 2**-24, and the error of <= STAGES sequential stages adds up.
+# K_MAX = 1152 (the tiny ResNet's 3x3 conv over 128 channels), STAGES = 24 (the deepest tiny tower).
+K_MAX, STAGES = 1152, 24
+FP32_REORDERING_TOL = STAGES * K_MAX**0.5 * 2**-24  # ~4.9e-5
+# Rounding the weights to fp16 (unit roundoff 2**-11 ~ 4.9e-4 per weight) moves features by far
+# more than that; the tests check it does, so the tolerance does discriminate.
+
+
+def _fp32_original(kind: str) -> clip.CLIP:
+    """A CLIP module initialised in fp32 (CLIP's own recipe), as a fine-tuned model would be."""
+    from dataclasses import asdict
+
+    from tests.factories.clip_checkpoint import random_openai_state_dict
+
+    config = clip.infer_config(random_openai_state_dict(kind, seed=7))
+    torch.manual_seed(7)
+    return clip.CLIP(**asdict(config)).eval()
+
+
+def _features(model, images, tokens):
+    with torch.no_grad():
+        return model.encode_image(images), model.encode_text(tokens)
+
+
+def _relative(a, b):
+    return ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
+
+
+@pytest.mark.parametrize("kind", ["vit", "rn"])
+def test_fp32_file_keeps_its_values_with_precision_fp32(kind, tmp_path):
+    original = _fp32_original(kind)
+    path = tmp_path / "finetuned.pt"
+    torch.save(original.state_dict(), path)
+    images, tokens = images_for(original), clip.tokenize(TEXTS)
+    expected = _features(original, images, tokens)
+
+    built = clip.build_model(clip.load_state_dict(str(path)), precision="fp32")
+    loaded, _ = clip.load(str(path), precision="fp32")
+    for model in (built, loaded):
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        for key, value in original.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), key
+        img, txt = _features(model, images, tokens)
+        assert torch.equal(img, expected[0]) and torch.equal(txt, expected[1])
+    # The mixed-fp16 path rounds them: what this precision exists to avoid.
+    rounded = _features(clip.build_model(original.state_dict()).float(), images, tokens)
+    assert not torch.equal(rounded[0], expected[0])
+
+
+def _open_clip_fp32(state_dict):
+    import open_clip
+
+    # open_clip's OpenAI loader rounds to fp16 like OpenAI's; loading the fp32 values again
+    # into its (then fp32) model gives open_clip's computation on the file's exact values.
+    model = open_clip.model.build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=None)
+    model = model.float().eval()
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in clip.model.EXTRA_KEYS})
+    return model
+
+
+@pytest.mark.parametrize("kind", ["vit", "rn"])
+def test_fp32_file_matches_open_clip_in_fp32(kind):
+    from tests.factories.clip_checkpoint import random_openai_state_dict
+
+    state = random_openai_state_dict(kind, seed=8, dtype=torch.float32)
+    ref = _open_clip_fp32(state)
+    ours = clip.build_model(state, precision="fp32")
+    images, tokens = images_for(ours), clip.tokenize(TEXTS)
+    ref_img, ref_txt = _features(ref, images, tokens)
+    img, txt = _features(ours, images, tokens)
+    assert _relative(img, ref_img) < FP32_REORDERING_TOL
+    assert _relative(txt, ref_txt) < FP32_REORDERING_TOL
+    old_img, old_txt = _features(clip.build_model(state).float(), images, tokens)  # fp16-rounded weights
+    assert _relative(old_img, ref_img) > FP32_REORDERING_TOL
+    assert _relative(old_txt, ref_txt) > FP32_REORDERING_TOL
+
+
+@pytest.mark.parametrize("file_dtype", ["openai_mixed", "all_fp16"])
+def test_fp16_file_gives_identical_fp32_weights_both_ways(vit_state_dict, file_dtype):
+    state = vit_state_dict
+    if file_dtype == "all_fp16":
+        state = {k: v.half() if v.is_floating_point() else v for k, v in vit_state_dict.items()}
+    direct = clip.build_model(state, precision="fp32").state_dict()
+    via_fp16 = clip.build_model(state).float().state_dict()  # the path trainers took so far
+    assert direct.keys() == via_fp16.keys()
+    for key, value in direct.items():
+        assert value.dtype == via_fp16[key].dtype and torch.equal(value, via_fp16[key]), key
+
+
+def test_load_precision_defaults_to_fp32_on_cpu_and_accepts_fp16(tmp_path):
+    from tests.factories.clip_checkpoint import write_random_clip
+
+    path = str(write_random_clip(tmp_path / "m.pt"))
+    default, _ = clip.load(path)
+    assert default.dtype == torch.float32
+    mixed, _ = clip.load(path, precision="fp16")
+    assert mixed.dtype == torch.float16 and mixed.ln_final.weight.dtype == torch.float32
+
+
+def test_unknown_precision_is_refused(vit_state_dict):
+    with pytest.raises(ValueError, match="fp16.*fp32.*'bf16'"):
+        clip.build_model(vit_state_dict, precision="bf16")
