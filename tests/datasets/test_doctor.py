@@ -12,7 +12,7 @@ import pytest
 
 import datasets  # noqa: F401  (registers every dataset)
 from datasets.doctor import check_dataset, run_doctor
-from engine.data import DATASET_REGISTRY, DataManager, DatasetBase, DatasetError, Datum
+from engine.data import DataManager, DatasetBase, DatasetError, Datum
 from tests.factories.datasets import caltech_cfg, make_caltech101_tree
 from tests.factories.vtab_custom import make_imagenet_tree, make_vtab_task, small_cfg
 
@@ -109,21 +109,6 @@ def test_nothing_found_and_unknown_name(tmp_path):
     assert status == 1 and lines[0].startswith("ERROR Caltech102: not a registered dataset") and "Caltech101" in lines[0]
 
 
-@pytest.fixture
-def temp_dataset():
-    """Register a throw-away dataset class for one test, then remove it from the registry."""
-    registered = []
-
-    def register(cls):
-        DATASET_REGISTRY.register(cls)
-        registered.append(cls.__name__)
-        return cls
-
-    yield register
-    for name in registered:
-        DATASET_REGISTRY._obj_map.pop(name)
-
-
 def test_extra_checks_and_write_guard(tmp_path, temp_dataset):
     folder = tmp_path / "toy"
     (folder / "imgs").mkdir(parents=True)
@@ -185,8 +170,6 @@ def test_empty_splits_stop_training_in_datamanager(tmp_path, temp_dataset):
 
 
 def test_imagenet_val_not_in_class_folders(tmp_path):
-    if "ImageNet" not in DATASET_REGISTRY:
-        pytest.skip("datasets/imagenet.py is not there yet")
     make_imagenet_tree(tmp_path, val_in_class_folders=False)
     status, lines = doctor(tmp_path, "ImageNet")
     assert status == 1
@@ -196,8 +179,6 @@ def test_imagenet_val_not_in_class_folders(tmp_path):
 
 
 def test_imagenet_healthy_builds_without_writing(tmp_path):
-    if "ImageNet" not in DATASET_REGISTRY:
-        pytest.skip("datasets/imagenet.py is not there yet")
     base = make_imagenet_tree(tmp_path)
     before = snapshot(tmp_path)
     status, lines = doctor(tmp_path, "ImageNet")
