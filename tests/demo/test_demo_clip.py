@@ -31,7 +31,8 @@ def test_checkpoint_is_small_and_in_openai_format():
     with torch.no_grad():
         feats = model.encode_text(clip.tokenize(["a photo of a red circle.", "a photo of a red circle.", "a photo of a blue star."]))
     # Rows of one batch may be summed in other orders (kernel tiles): equal up to the fp32 bound.
-    atol = transformer_atol(feats.abs().max(), model.transformer.width, model.context_length, model.transformer.layers)
+    text = model.transformer
+    atol = transformer_atol(feats.abs().max(), text.width, model.context_length, text.layers)
     assert (feats[0] - feats[1]).abs().max() <= atol and (feats[0] - feats[2]).abs().max() > 10 * atol
 
 

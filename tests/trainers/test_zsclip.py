@@ -47,7 +47,8 @@ def test_zeroshot_clip_matches_clip_zero_shot_classifier(caltech_root, tiny_clip
     record = run_train(zs_argv(caltech_root, tiny_clip_path, tmp_path))
     preds = np.load(tmp_path / "predictions.npz")
     classnames = ["face", "leopard", "motorbike", "accordion", "airplane", "anchor"]
-    expected, atol = reference_zero_shot(tiny_clip_path, caltech_root, preds["impaths"], classnames, ["a photo of a {}."])
+    templates = ["a photo of a {}."]
+    expected, atol = reference_zero_shot(tiny_clip_path, caltech_root, preds["impaths"], classnames, templates)
     np.testing.assert_allclose(preds["logits"], expected, atol=atol, rtol=0)
     assert preds["logits"].dtype == np.float32 and preds["labels"].dtype == np.int64
     assert record["trainable_params"] == 0 and record["num_test"] == 12
