@@ -8,11 +8,6 @@ import clip
 from tests.factories.clip_checkpoint import random_openai_state_dict
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 @pytest.fixture(scope="session")
 def vit_state_dict():
     return random_openai_state_dict("vit", seed=1)

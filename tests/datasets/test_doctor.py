@@ -15,7 +15,7 @@ import pytest
 
 import datasets  # noqa: F401  (registers every dataset)
 from datasets.doctor import check_dataset, dataset_config_names, resolve_dataset_name, run_doctor
-from engine.data import DATASET_REGISTRY, DataManager, DatasetBase, DatasetError, Datum, build_dataset
+from engine.data import DataManager, DatasetBase, DatasetError, Datum, build_dataset
 from engine.errors import ConfigValueError, MissingFileError
 from engine.registry import UnknownNameError
 from tests.factories.datasets import caltech_cfg, make_caltech101_tree
@@ -152,21 +152,6 @@ def test_config_name_checks_the_dataset(tmp_path):
     assert [line for line in lines if line.startswith("OK")] == ["OK Caltech101 (classes=6 train=24 val=12 test=12)"]
 
 
-@pytest.fixture
-def temp_dataset():
-    """Register a throw-away dataset class for one test, then remove it from the registry."""
-    registered = []
-
-    def register(cls):
-        DATASET_REGISTRY.register(cls)
-        registered.append(cls.__name__)
-        return cls
-
-    yield register
-    for name in registered:
-        DATASET_REGISTRY._obj_map.pop(name)
-
-
 def test_extra_checks_and_write_guard(tmp_path, temp_dataset):
     folder = tmp_path / "toy"
     (folder / "imgs").mkdir(parents=True)
@@ -246,8 +231,6 @@ def test_empty_splits_stop_training_in_datamanager(tmp_path, temp_dataset):
 
 
 def test_imagenet_val_not_in_class_folders(tmp_path):
-    if "ImageNet" not in DATASET_REGISTRY:
-        pytest.skip("datasets/imagenet.py is not there yet")
     make_imagenet_tree(tmp_path, val_in_class_folders=False)
     status, lines = doctor(tmp_path, "ImageNet")
     assert status == 1
@@ -257,8 +240,6 @@ def test_imagenet_val_not_in_class_folders(tmp_path):
 
 
 def test_imagenet_healthy_builds_without_writing(tmp_path):
-    if "ImageNet" not in DATASET_REGISTRY:
-        pytest.skip("datasets/imagenet.py is not there yet")
     base = make_imagenet_tree(tmp_path)
     before = snapshot(tmp_path)
     status, lines = doctor(tmp_path, "ImageNet")

@@ -13,6 +13,7 @@ import yaml
 
 import clip
 from tests.conftest import config_path, run_train
+from tests.tolerances import transformer_atol
 from trainers.common import load_clip_to_cpu, resolve_input_size
 
 DEMO_CKPT = clip.loading.LOCAL_MODELS["demo"]
@@ -29,7 +30,10 @@ def test_checkpoint_is_small_and_in_openai_format():
     # The real tokenizer's ids reach the model: the same words give the same features, other words others.
     with torch.no_grad():
         feats = model.encode_text(clip.tokenize(["a photo of a red circle.", "a photo of a red circle.", "a photo of a blue star."]))
-    assert torch.allclose(feats[0], feats[1]) and not torch.allclose(feats[0], feats[2], atol=1e-3)
+    # Rows of one batch may be summed in other orders (kernel tiles): equal up to the fp32 bound.
+    text = model.transformer
+    atol = transformer_atol(feats.abs().max(), text.width, model.context_length, text.layers)
+    assert (feats[0] - feats[1]).abs().max() <= atol and (feats[0] - feats[2]).abs().max() > 10 * atol
 
 
 def test_missing_demo_checkpoint_names_the_fix(monkeypatch, tmp_path):

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from engine.checkpoint import (
+    LEGACY_SAFE_GLOBALS,
     UnsafeCheckpointError,
     load_checkpoint,
     load_pretrained_weights,
@@ -199,16 +200,21 @@ def test_legacy_dassl_checkpoint_loads_with_minimal_allow_list(tmp_path):
     unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     assert unsafe == {"torch.optim.sgd.SGD", "torch.optim.lr_scheduler.CosineAnnealingLR",
                       "builtins.dict", "collections.defaultdict"}
-    with pytest.raises(pickle.UnpicklingError):  # plain weights_only refuses it
+    with pytest.raises(pickle.UnpicklingError):  # plain weights_only refuses it: nothing else allows these
         torch.load(path, weights_only=True)
-    before = list(torch.serialization.get_safe_globals())
+    before = _safe_global_objects()
 
     ck = load_checkpoint(path)
     assert ck["epoch"] == 2 and torch.equal(ck["state_dict"]["0.weight"], model[0].weight)
     succ = ck["scheduler"]["successor"]
     assert isinstance(succ, torch.optim.lr_scheduler.CosineAnnealingLR)
     assert succ.last_epoch == sched.successor.last_epoch
-    assert list(torch.serialization.get_safe_globals()) == before  # allow-list not left behind
+    # The loader's own allow-list is not left registered, and what others registered stays.
+    # (torch keeps the registry as a set, other code may add to it: compare only what we own.)
+    own = {id(obj) for obj in LEGACY_SAFE_GLOBALS.values()}
+    after = _safe_global_objects()
+    assert not own & set(after)
+    assert set(before) - own <= set(after)
 
     # The legacy scheduler state continues the schedule on the live optimizer.
     _, opt_ref, sched_ref = _legacy_reference_run()
@@ -222,6 +228,24 @@ def test_legacy_dassl_checkpoint_loads_with_minimal_allow_list(tmp_path):
         opt2.step()
         sched2.step()
     assert lrs == pytest.approx(sched_ref[2:], rel=1e-9)
+
+
+def _safe_global_objects() -> dict:
+    """torch's registered safe globals by object identity (entries are objects or (object, name))."""
+    entries = torch.serialization.get_safe_globals()
+    objects = [entry[0] if isinstance(entry, tuple) else entry for entry in entries]
+    return {id(obj): obj for obj in objects}
+
+
+def test_legacy_checkpoint_needing_a_class_outside_the_allow_list_is_refused(tmp_path):
+    model = _model()
+    opt, sched = _train_parts(model)
+    legacy = {k: v for k, v in sched.__dict__.items() if k != "optimizer"}
+    legacy["successor"] = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)  # not in the allow-list
+    path = str(tmp_path / "model.pth.tar-1")
+    torch.save({"state_dict": model.state_dict(), "scheduler": legacy}, path)
+    with pytest.raises(UnsafeCheckpointError, match="ExponentialLR"):
+        load_checkpoint(path)
 
 
 def _legacy_reference_run():

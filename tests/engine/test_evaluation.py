@@ -37,7 +37,7 @@ def test_metrics_and_log_lines(caplog):
     ev = _run(cfg)
     assert isinstance(ev, Classification) and isinstance(ev, EvaluatorBase)
     with caplog.at_level(logging.INFO):
-        caplog.clear()  # only evaluate()'s lines (an earlier test may have left the root logger at INFO)
+        caplog.clear()  # only evaluate()'s lines
         res = ev.evaluate()
     assert list(res.keys()) == ["accuracy", "error_rate", "macro_f1"]
     assert res["accuracy"] == pytest.approx(70.0)

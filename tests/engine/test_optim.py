@@ -96,6 +96,7 @@ def test_staged_lr_and_explicit_param_groups():
 
 
 # ----------------------------------------------------------------------------- schedules
+# The originals' printed learning rates, to 5 significant digits (hence rel=1e-4 below).
 COCOOP = [1e-5, 0.002, 0.0019511, 0.0018090, 0.0015878, 0.0013090, 0.0010000, 0.00069098, 0.00041221, 0.00019098]
 MAPLE = [1e-5, 0.0035, 0.0031658, 0.0022908, 0.0012092]
 

@@ -128,19 +128,7 @@ def test_meters():
         mm.update(1.0)
 
 
-@pytest.fixture
-def restore_root_logger():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
-
-
-def test_setup_logger_files_and_idempotence(tmp_path, restore_root_logger, capsys):
+def test_setup_logger_files_and_idempotence(tmp_path, capsys):  # tests/conftest.py restores the root logger
     assert setup_logger(None) is None
     out = str(tmp_path / "run")
     f1 = setup_logger(out)

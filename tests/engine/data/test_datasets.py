@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum, build_dataset
+from engine.data import DatasetBase, DatasetError, Datum, build_dataset
 from engine.data.datasets import load_fewshot_pickle
 from engine.config import get_cfg_default
 from engine.errors import ConfigValueError, MissingFileError, UserError
@@ -117,8 +117,8 @@ def test_save_and_read_split_roundtrip(make_items, tmp_path):
         DatasetBase.save_split(items, [], [], str(path), str(tmp_path / "elsewhere"))
 
 
-def test_build_dataset_by_name_and_unknown_name_suggests():
-    @DATASET_REGISTRY.register(force=True)
+def test_build_dataset_by_name_and_unknown_name_suggests(temp_dataset):
+    @temp_dataset
     class ToyDataForBuildTest(DatasetBase):
         def __init__(self, cfg):
             super().__init__(train_x=[_fake(0), _fake(1)])
