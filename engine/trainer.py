@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from engine.backbone import Preprocess
 from engine.checkpoint import load_checkpoint, save_checkpoint, write_loadable
+from engine.memory import memory_in_use_mb, peak_memory_mb, reset_peak_memory
 from engine.layout import BEST_CHECKPOINT_NAME, RESUME_POINT_NAME, checkpoint_name, parse_checkpoint_epoch
 from engine.data import DataManager
 from engine.errors import ConfigValueError, MissingFileError, UserError
@@ -91,47 +92,6 @@ def select_device(cfg) -> torch.device:
     logger.info("Device: cpu")
     return torch.device("cpu")
 
-
-
-def memory_in_use_mb(device: torch.device) -> float:
-    """Memory the process holds now: allocated CUDA memory, or the resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device) / 2**20
-    return _proc_status_kb("VmRSS") / 1024
-
-
-def reset_peak_memory(device: torch.device) -> bool:
-    """Start a new peak measurement; False where the peak cannot be reset (then it is the process's)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:  # Linux: writing 5 resets the peak RSS (VmHWM) of this process
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak since the last `reset_peak_memory` (CUDA allocations, or the CPU's peak RSS)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    hwm = _proc_status_kb("VmHWM")
-    # ru_maxrss is in KiB on Linux; it is the process's lifetime peak (never reset).
-    return (hwm if hwm > 0 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
-
-
-def _proc_status_kb(field: str) -> float:
-    """A `kB` field of /proc/self/status (0 where there is none, e.g. not Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return 0.0
 
 
 class TrainerBase:

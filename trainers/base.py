@@ -39,7 +39,7 @@ from engine.checkpoint import load_pretrained_weights
 from engine.errors import ConfigValueError
 from engine.evaluation import compute_accuracy
 from engine.optim import build_lr_scheduler, build_optimizer
-from trainers.common import PRECISIONS, autocast_context, cosine_logits, load_clip_to_cpu, make_grad_scaler
+from trainers.common import PRECISIONS, autocast_context, cosine_logits, load_clip, make_grad_scaler
 
 __all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "StepOutput", "staged_param_groups"]
 
@@ -83,6 +83,9 @@ class MethodModel(nn.Module):
     # True when the class text features depend on the image (CoCoOp): then they cannot be
     # computed once per evaluation.
     text_depends_on_image = False
+    # True when training steps take `image_prefix(images)` (computed without gradients by a frozen
+    # part of the model, so it can be cached) instead of the images themselves.
+    trains_on_image_prefix = False
     # Whether test-time inference runs under autocast with PREC amp (the originals differ).
     autocast_at_test = True
 
@@ -152,6 +155,14 @@ class MethodModel(nn.Module):
     def loss(self, features: Features, logits: torch.Tensor, labels: torch.Tensor) -> Loss:
         return Loss(F.cross_entropy(logits, labels))
 
+    @torch.no_grad()
+    def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """What a training step takes when `trains_on_image_prefix`; the images otherwise."""
+        return images
+
+    def prepare_training(self) -> None:
+        """Work done before each epoch's steps (Skip Tuning: its text cache)."""
+
     def training_step(self, inputs: Any, labels: torch.Tensor) -> StepOutput:
         features = self.features(inputs)
         logits = self.logits(features)
@@ -186,6 +197,7 @@ class ClipMethod(TrainerX):
     and implements `build_method`; the rest is optional."""
 
     precision_key = "TRAINER.PREC"  # the original's name of the method's precision key
+    recipe = ""  # the original's main config, under configs/trainers/ (the contract tests and benchmark use it)
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -223,9 +235,7 @@ class ClipMethod(TrainerX):
             logger.warning("%s fp16 (fp16 weights updated in place, as the original) is meant for CUDA and slow "
                            "on CPU; use %s fp32 or amp there.", self.precision_key, self.precision_key)
         logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
-        clip_model = load_clip_to_cpu(cfg)
-        if prec in ("fp32", "amp"):
-            clip_model.float()
+        clip_model = load_clip(cfg, prec)
         self.model = self.build_method(clip_model, self.dm.dataset.classnames)
         self.model.set_trainable()
         modules = self.model.learnable_modules()
@@ -291,20 +301,26 @@ class ClipMethod(TrainerX):
             self.scaler.load_state_dict(state["grad_scaler"])
 
     # ------------------------------------------------------------------ evaluation
-    def test(self, split: str | None = None) -> float:
-        # Class text features that do not depend on the image are computed once per evaluation.
-        self._test_text = None
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """Within it, class text features that do not depend on the image are computed once, not
+        once per batch: the model does not change during an evaluation."""
+        self._test_text_cache: dict[str, torch.Tensor] | None = {}
         try:
-            return super().test(split)
+            yield
         finally:
-            self._test_text = None
+            self._test_text_cache = None
+
+    def test(self, split: str | None = None) -> float:
+        with self.evaluation():
+            return super().test(split)
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
         context = self.autocast() if self.model.autocast_at_test else contextlib.nullcontext()
+        cache = getattr(self, "_test_text_cache", None)
         with context:
-            text = getattr(self, "_test_text", None)
-            features = self.model.features(images, text=text)
-            if not self.model.text_depends_on_image:
-                self._test_text = features.text
+            features = self.model.features(images, text=cache.get("text") if cache is not None else None)
+            if cache is not None and not self.model.text_depends_on_image:
+                cache["text"] = features.text
             return self.model.logits(features).float()

@@ -57,51 +57,23 @@ def template_for(dataset_name: str) -> str:
     return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
-# INPUT.SIZE of the engine defaults and of every CLIP trainer config. For the demo CLIP this value
-# means "not set for this backbone" (see `resolve_input_size`).
-CLIP_DEFAULT_INPUT_SIZE = (224, 224)
-
-
-def resolve_input_size(cfg) -> None:
-    """For `MODEL.BACKBONE.NAME demo`, take INPUT.SIZE from the checkpoint unless set explicitly.
-
-    "Explicitly" means any INPUT.SIZE other than (224, 224): (224, 224) is both the engine default
-    and what every CLIP trainer config sets, so it is read as "not chosen for the demo CLIP" and
-    replaced by the checkpoint's resolution (32 for the shipped one). Any other value is kept, and
-    `load_clip_to_cpu` reports a mismatch. Other backbones are never changed. Call this on the
-    unfrozen config before the data loaders are built (train.py's `setup_cfg` does).
-    """
-    if cfg.MODEL.BACKBONE.NAME != clip.loading.DEMO_MODEL_NAME:
-        return
-    if tuple(cfg.INPUT.SIZE) != CLIP_DEFAULT_INPUT_SIZE:
-        return
-    resolution = clip.infer_config(clip.load_state_dict(cfg.MODEL.BACKBONE.NAME)).image_resolution
-    if resolution != CLIP_DEFAULT_INPUT_SIZE[0]:
-        logger.info("INPUT.SIZE (224, 224) -> (%d, %d): the input resolution of the demo CLIP", resolution, resolution)
-        cfg.INPUT.SIZE = (resolution, resolution)
-
-
-def load_clip_to_cpu(cfg) -> nn.Module:
+def load_clip(cfg, precision: str) -> nn.Module:
     """The CLIP named by MODEL.BACKBONE.NAME (a known name or a checkpoint path), on CPU.
 
-    Returned in OpenAI's mixed precision (fp16 matmul weights), like CoOp's `load_clip_to_cpu`;
-    trainers call `.float()` for fp32/amp. The input size must equal the model's resolution
-    (for the demo CLIP, `resolve_input_size` fills it in from the checkpoint).
+    precision "fp16": OpenAI's mixed precision (fp16 matmul weights), as CoOp's `load_clip_to_cpu`;
+    "fp32"/"amp": fp32 weights holding the file's values (an fp32 file is not rounded through fp16).
+    The input size must equal the model's resolution; `train.py` takes it from the backbone
+    (`ClipMethod.backbone_preprocess`) unless the configuration sets another one.
     """
     name = cfg.MODEL.BACKBONE.NAME
     clip.check_model_name(name)
-    state_dict = clip.load_state_dict(name)
-    model = clip.build_model(state_dict)
+    model = clip.build_model(clip.load_state_dict(name), precision="fp16" if precision == "fp16" else "fp32")
     resolution = model.visual.input_resolution
     size = tuple(cfg.INPUT.SIZE)
     if size[0] != resolution:
-        hint = (
-            " (trainers.common.resolve_input_size sets it from the checkpoint when the config is built)"
-            if name == clip.loading.DEMO_MODEL_NAME else ""
-        )
         raise ConfigValueError(
             f"INPUT.SIZE {size} does not match the input resolution {resolution} of CLIP '{name}'. "
-            f"Set 'INPUT.SIZE ({resolution}, {resolution})'{hint}."
+            f"Set 'INPUT.SIZE ({resolution}, {resolution})'."
         )
     return model
 

@@ -60,6 +60,7 @@ class CoOpModel(MethodModel):
 @TRAINER_REGISTRY.register()
 class CoOp(ClipMethod):
     precision_key = "TRAINER.COOP.PREC"
+    recipe = "CoOp/vit_b16_ep50"
 
     @staticmethod
     def extend_cfg(cfg) -> None:

@@ -157,6 +157,7 @@ class FinetuneCLIP(ClipMethod):
     """Full fine-tuning of CLIP (both encoders) with per-dataset prompts."""
 
     precision_key = "TRAINER.PREC"
+    recipe = "FinetuneCLIP/vit_b16_ep10_bs4"
 
     @staticmethod
     def extend_cfg(cfg) -> None:

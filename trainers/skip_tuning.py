@@ -143,6 +143,8 @@ def plan_batches(labels: Sequence[int], batch_size: int, single_class: bool, rng
 class SkipModel(FinetuneModel):
     """FT-CLIP's model plus the cached-state forward used in training (LSkip + CSkip)."""
 
+    trains_on_image_prefix = True
+
     def __init__(self, clip_model: nn.Module, classnames: list[str], template: str, skip_cfg) -> None:
         # The stems and blocks [0:ω] of both towers are always frozen, whatever TRAINER.FINETUNE says.
         super().__init__(clip_model, classnames, template, learnable_text=True, learnable_image=True,
@@ -156,6 +158,9 @@ class SkipModel(FinetuneModel):
         self.text_hidden: torch.Tensor | None = None  # (C, L, W) text states entering block ω
         self.text_eot: torch.Tensor | None = None
         self.class_prototypes: torch.Tensor | None = None  # (C, D) normalised zero-shot text features
+
+    def prepare_training(self) -> None:
+        self.cache_text()
 
     @torch.no_grad()
     def cache_text(self) -> None:
@@ -225,6 +230,8 @@ class PlannedBatches(Sequence):
 class SkipTuning(FinetuneCLIP):
     """FT-CLIP with LSkip (cached frozen prefix) and CSkip (per-step class subset)."""
 
+    recipe = "SkipTuning/vit_b16_bs4"
+
     def __init__(self, cfg) -> None:
         self.cache_time_s = 0.0  # all cache extraction, the first included
         self.first_cache_time_s: float | None = None
@@ -289,7 +296,7 @@ class SkipTuning(FinetuneCLIP):
         """Text cache, image cache and this epoch's batch plan; the time goes to `cache_time_s`."""
         t0 = time.time()
         with self.autocast():
-            self.model.cache_text()
+            self.model.prepare_training()
         self.image_cache, self.cache_labels = self.extract_image_cache()
         single_class = self.cfg.DATASET.NUM_SHOTS >= 4
         self.batch_plan = plan_batches(self.cache_labels.tolist(), self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, single_class)

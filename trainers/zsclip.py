@@ -39,6 +39,7 @@ class ZeroshotModel(MethodModel):
 class ZeroshotCLIP(ClipMethod):
     has_training = False  # train.py refuses a run without --eval-only before building anything
     precision_key = "TRAINER.ZSCLIP.PREC"
+    recipe = "CoOp/vit_b16"
 
     @staticmethod
     def extend_cfg(cfg) -> None:

@@ -1,0 +1,163 @@
+"""One contract for every method in TRAINER_REGISTRY: a method added later is checked here without
+new test code. Each runs with its own recipe (`ClipMethod.recipe`) on a small random CLIP whose depth
+is ViT-B/16's (12 blocks per tower, so every method's default depth settings fit), in fp32 on CPU.
+
+- it builds and evaluates;
+- one training step changes its learnable parameters and nothing else;
+- save then load gives identical logits;
+- a model trained on the base classes loads and evaluates on the new classes;
+- a run stopped after its first epoch and rerun ends bit-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import trainers  # noqa: F401  (registers the methods)
+from engine import TRAINER_REGISTRY
+from tests.conftest import config_path, run_train
+
+METHODS = sorted(TRAINER_REGISTRY.registered_names())
+TRAINED = [name for name in METHODS if TRAINER_REGISTRY.get(name).has_training]
+
+
+@pytest.fixture(scope="module")
+def deep_clip_path(tmp_path_factory):
+    """Width 64 (one attention head), 12 blocks in each tower, 32 px images in 2x2 patches."""
+    from tests.factories.clip_checkpoint import write_random_clip
+
+    return write_random_clip(tmp_path_factory.mktemp("clip") / "deep.pt", "vit", vision_layers=12, text_layers=12,
+                             vision_patch_size=16, vision_width=64, text_width=64)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from tests.factories.datasets import make_caltech101_tree
+
+    return make_caltech101_tree(tmp_path_factory.mktemp("data") / "root")
+
+
+def argv(name: str, root, clip_path, out, *opts: str, subsample: str = "base", flags: tuple = ()) -> list[str]:
+    trainer = TRAINER_REGISTRY.get(name)
+    return [
+        "--root", str(root), "--seed", "1", "--trainer", name, *flags,
+        "--dataset-config-file", config_path("datasets", "caltech101.yaml"),
+        "--config-file", config_path("trainers", f"{trainer.recipe}.yaml"), "--output-dir", str(out),
+        "MODEL.BACKBONE.NAME", str(clip_path), trainer.precision_key, "fp32",
+        "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "8",
+        "DATASET.SUBSAMPLE_CLASSES", subsample, "OPTIM.MAX_EPOCH", "2", "OPTIM.LR", "0.01", *opts,
+    ]
+
+
+def build(arguments: list[str]):
+    import train
+    from engine import build_trainer
+
+    return build_trainer(train.setup_cfg(train.build_parser().parse_args(arguments)))
+
+
+def test_every_method_has_a_recipe_and_a_precision_key():
+    for name in METHODS:
+        trainer = TRAINER_REGISTRY.get(name)
+        assert trainer.precision_key and trainer.recipe, name
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_builds_on_a_small_clip_and_evaluates(name, data_root, deep_clip_path, tmp_path):
+    flags = () if TRAINER_REGISTRY.get(name).has_training else ("--eval-only",)
+    trainer = build(argv(name, data_root, deep_clip_path, tmp_path, flags=flags))
+    batch = next(iter(trainer.test_loader))
+    logits = trainer.model_inference(batch["img"])
+    assert logits.shape == (len(batch["img"]), trainer.num_classes) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_one_step_changes_the_learnable_parameters_and_nothing_else(name, data_root, deep_clip_path, tmp_path):
+    trainer = build(argv(name, data_root, deep_clip_path, tmp_path))
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict(keep_vars=False).items()}
+    trainable = {k for k, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable, "a trained method must have trainable parameters"
+    trainer.before_train()
+    trainer.epoch = 0
+    trainer.before_epoch()
+    trainer.set_model_mode("train")
+    batches = trainer.epoch_batches()
+    trainer.batch_idx, trainer.num_batches = 0, len(batches)
+    trainer.forward_backward(next(iter(batches)))
+    trainer.close_writer()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "one step changed nothing"
+    # Parameters shared by two modules appear under both names in the state dict: compare by tensor.
+    shared = {k for k, v in trainer.model.state_dict(keep_vars=True).items() if v.requires_grad}
+    assert changed <= shared | trainable, sorted(changed - shared - trainable)[:5]
+    with_grad = {k for k, p in trainer.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad <= changed, sorted(with_grad - changed)[:5]
+
+
+@pytest.fixture(scope="module")
+def trained_runs(data_root, deep_clip_path, tmp_path_factory):
+    """Each trained method's uninterrupted 2-epoch run on the base classes, made once: name -> output dir."""
+    runs = {}
+
+    def get(name: str):
+        if name not in runs:
+            runs[name] = tmp_path_factory.mktemp(f"run_{name}")
+            run_train(argv(name, data_root, deep_clip_path, runs[name]))
+        return runs[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_save_then_load_gives_identical_logits_and_new_classes_load(name, data_root, deep_clip_path, tmp_path,
+                                                                    trained_runs):
+    trained_dir = trained_runs(name)
+    first = build(argv(name, data_root, deep_clip_path, tmp_path / "a", flags=("--eval-only",)))
+    images = next(iter(first.test_loader))["img"]
+    untrained_logits = first.model_inference(images)
+    first.load_model(str(trained_dir), epoch=2)
+    second = build(argv(name, data_root, deep_clip_path, tmp_path / "b", flags=("--eval-only",)))
+    second.load_model(str(trained_dir), epoch=2)
+    logits = first.model_inference(images)
+    assert torch.equal(logits, second.model_inference(images))
+    assert not torch.equal(logits, untrained_logits)  # the checkpoint mattered
+
+    new = build(argv(name, data_root, deep_clip_path, tmp_path / "new", subsample="new", flags=("--eval-only",)))
+    new.load_model(str(trained_dir), epoch=2)
+    batch = next(iter(new.test_loader))
+    assert new.model_inference(batch["img"]).shape == (len(batch["img"]), new.num_classes)
+    for module_name, module in new.model.learnable_modules().items():
+        saved = torch.load(trained_dir / module_name / "model.pth.tar-2", weights_only=True)["state_dict"]
+        own = module.state_dict()
+        loaded = [k for k in saved if not new._skipped_key(k)]
+        assert loaded and all(torch.equal(own[k], saved[k]) for k in loaded)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_a_run_stopped_after_its_first_epoch_resumes_bit_identically(name, data_root, deep_clip_path, tmp_path,
+                                                                     monkeypatch, trained_runs):
+    from engine.trainer import SimpleTrainer
+
+    full = trained_runs(name)
+    original_after_epoch = SimpleTrainer.after_epoch
+
+    def stop_after_first_epoch(self):
+        original_after_epoch(self)
+        if self.epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SimpleTrainer, "after_epoch", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(argv(name, data_root, deep_clip_path, tmp_path))
+    monkeypatch.setattr(SimpleTrainer, "after_epoch", original_after_epoch)
+    assert (tmp_path / "resume.pth.tar").is_file()
+    run_train(argv(name, data_root, deep_clip_path, tmp_path))
+    folders = sorted(p.name for p in full.iterdir() if (p / "model.pth.tar-2").is_file())
+    assert folders and folders == sorted(p.name for p in tmp_path.iterdir() if (p / "model.pth.tar-2").is_file())
+    for module_name in folders:
+        a = torch.load(full / module_name / "model.pth.tar-2", weights_only=True)
+        b = torch.load(tmp_path / module_name / "model.pth.tar-2", weights_only=True)
+        assert a["state_dict"].keys() == b["state_dict"].keys()
+        for key in a["state_dict"]:
+            assert torch.equal(a["state_dict"][key], b["state_dict"][key]), (module_name, key)
