@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 import clip
+from demo import DEMO_MODEL_NAME  # compat: also registers the demo CLIP and datasets until train.py imports demo
 from engine.errors import ConfigValueError
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def resolve_input_size(cfg) -> None:
     `load_clip_to_cpu` reports a mismatch. Other backbones are never changed. Call this on the
     unfrozen config before the data loaders are built (train.py's `setup_cfg` does).
     """
-    if cfg.MODEL.BACKBONE.NAME != clip.loading.DEMO_MODEL_NAME:
+    if cfg.MODEL.BACKBONE.NAME != DEMO_MODEL_NAME:
         return
     if tuple(cfg.INPUT.SIZE) != CLIP_DEFAULT_INPUT_SIZE:
         return
@@ -101,7 +102,7 @@ def load_clip_to_cpu(cfg) -> nn.Module:
     if size[0] != resolution:
         hint = (
             " (trainers.common.resolve_input_size sets it from the checkpoint when the config is built)"
-            if name == clip.loading.DEMO_MODEL_NAME else ""
+            if name == DEMO_MODEL_NAME else ""
         )
         raise ConfigValueError(
             f"INPUT.SIZE {size} does not match the input resolution {resolution} of CLIP '{name}'. "
