@@ -86,17 +86,19 @@ def resolve_input_size(cfg) -> None:
         cfg.INPUT.SIZE = (resolution, resolution)
 
 
-def load_clip_to_cpu(cfg) -> nn.Module:
+def load_clip_to_cpu(cfg, precision: str = "fp16") -> nn.Module:
     """The CLIP named by MODEL.BACKBONE.NAME (a known name or a checkpoint path), on CPU.
 
-    Returned in OpenAI's mixed precision (fp16 matmul weights), like CoOp's `load_clip_to_cpu`;
-    trainers call `.float()` for fp32/amp. The input size must equal the model's resolution
-    (for the demo CLIP, `resolve_input_size` fills it in from the checkpoint).
+    ``precision="fp16"`` (default): OpenAI's mixed precision (fp16 matmul weights), like CoOp's
+    `load_clip_to_cpu`. ``"fp32"``: the checkpoint's values exactly, for fp32/amp training (for an
+    OpenAI fp16 file this equals ``.float()`` of the fp16 model; an fp32 file is not rounded).
+    The input size must equal the model's resolution (for the demo CLIP, `resolve_input_size`
+    fills it in from the checkpoint).
     """
     name = cfg.MODEL.BACKBONE.NAME
     clip.check_model_name(name)
     state_dict = clip.load_state_dict(name)
-    model = clip.build_model(state_dict)
+    model = clip.build_model(state_dict, precision=precision)
     resolution = model.visual.input_resolution
     size = tuple(cfg.INPUT.SIZE)
     if size[0] != resolution:
