@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import clip
 from clip.model import CLIP
 from demo import DEMO_CLIP_PATH
-from demo.world import ALL_SHAPES, COLORS, IMAGE_SIZE, class_list, image_rng, render
+from demo.world import ALL_SHAPES, IMAGE_SIZE, class_list, image_rng, render
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,12 @@
 """The demo datasets through the real data layer: registry, base/new split, few-shot cache, `python -m demo.doctor`."""
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 
 import pytest
 
-import datasets  # noqa: F401  (registers the datasets)
+import demo  # noqa: F401  (registers the demo datasets)
 from engine.data import build_dataset
 from tests.demo.conftest import demo_cfg
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Mapping, Union
 
 import numpy as np
-import torch
 from torch import Tensor
 
 
