@@ -26,6 +26,7 @@ import yaml
 
 import clip
 import datasets  # noqa: F401  (registers the datasets)
+import demo  # noqa: F401  (registers the demo CLIP and datasets)
 import trainers  # noqa: F401  (registers the trainers)
 from engine import TRAINER_REGISTRY, build_trainer, get_cfg_default
 from engine.backbone import apply_preprocess

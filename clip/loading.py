@@ -314,7 +314,7 @@ def _normalize_state_dict(raw: object, path: str) -> Dict[str, Tensor]:
     return state
 
 
-def preprocess_cfg(name_or_path: str, download_root: Optional[str] = None) -> Dict[str, Any]:
+def preprocess_cfg(name_or_path: str) -> Dict[str, Any]:
     """The preprocessing of a CLIP, in timm's ``pretrained_cfg`` keys, without building the model.
 
     A released name is answered from a table (nothing is downloaded); a registered local model or a
@@ -322,7 +322,7 @@ def preprocess_cfg(name_or_path: str, download_root: Optional[str] = None) -> Di
     """
     if name_or_path in MODEL_RESOLUTIONS:
         return openai_preprocess_cfg(MODEL_RESOLUTIONS[name_or_path])
-    state_dict = load_state_dict(name_or_path, download_root)
+    state_dict = load_state_dict(name_or_path)  # a local name or path: read, never downloaded
     return openai_preprocess_cfg(infer_config(state_dict).image_resolution)
 
 

@@ -2,7 +2,6 @@
 from datasets import (  # noqa: F401  (imported for registration)
     caltech101,
     custom,
-    demo,
     dtd,
     eurosat,
     fgvc_aircraft,

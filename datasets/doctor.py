@@ -446,10 +446,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m datasets.doctor", description="Check prepared datasets under a data root."
-    )
+def build_parser(prog: str = "python -m datasets.doctor") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Check prepared datasets under a data root.")
     parser.add_argument("--root", help="the data root (DATASET.ROOT); required unless --list")
     parser.add_argument(
         "--dataset", action="extend", nargs="+", default=[], metavar="NAME",
@@ -466,8 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+def _main(argv: Sequence[str] | None, prog: str) -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.list:
         list_names()
@@ -479,9 +477,12 @@ def _main(argv: Sequence[str] | None) -> int:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: exit status 0 (all OK), 1 (a dataset has an error) or 2 (a usage mistake)."""
-    return run_cli(lambda: _main(argv))
+def main(argv: Sequence[str] | None = None, prog: str = "python -m datasets.doctor") -> int:
+    """The command line: exit status 0 (all OK), 1 (a dataset has an error) or 2 (a usage mistake).
+
+    `prog` names the command in usage messages (entry points that register more datasets first,
+    like `python -m demo.doctor`, pass their own)."""
+    return run_cli(lambda: _main(argv, prog))
 
 
 if __name__ == "__main__":

@@ -34,11 +34,12 @@ import torch.nn.functional as F
 
 import clip
 from clip.model import CLIP
-from demo.world import ALL_SHAPES, COLORS, IMAGE_SIZE, class_list, image_rng, render
+from demo import DEMO_CLIP_PATH
+from demo.world import ALL_SHAPES, IMAGE_SIZE, class_list, image_rng, render
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_clip.pt")
+DEFAULT_OUT = DEMO_CLIP_PATH
 ARCH = dict(
     embed_dim=64,
     image_resolution=IMAGE_SIZE,

@@ -34,6 +34,8 @@ __all__ = [
     "IMAGE_SIZE",
     "STREAM_SEEDS",
     "DemoClass",
+    "DemoSpec",
+    "DEMO_DATASETS",
     "class_list",
     "render",
     "render_class_image",
@@ -256,3 +258,43 @@ def render_class_image(
     """Image `image_index` of class `classes[class_index]` in `stream`."""
     k = classes[class_index]
     return render(k.color, k.shape, style, image_rng(stream, class_index, image_index), light=light)
+
+
+# The demo datasets drawn from this world (written by demo.make_data, read by demo.datasets)
+@dataclass(frozen=True)
+class DemoSpec:
+    """One demo dataset: which shapes, which style, and how many images per class in each split."""
+
+    name: str  # the registered dataset class name (DATASET.NAME)
+    dataset_dir: str  # folder under the root; also the image stream (seed) name
+    shapes: tuple[str, ...]
+    style: str
+    n_train: int = 24
+    n_val: int = 8
+    n_test: int = 20
+
+    @property
+    def classes(self) -> list[DemoClass]:
+        return class_list(self.shapes)
+
+    @property
+    def split_file(self) -> str:
+        return f"split_{self.name}.json"
+
+    @property
+    def counts(self) -> dict[str, int]:
+        n = len(self.classes)
+        return {"classes": n, "train": n * self.n_train, "val": n * self.n_val, "test": n * self.n_test}
+
+
+DEMO_DATASETS: dict[str, DemoSpec] = {
+    spec.dataset_dir: spec
+    for spec in (
+        # main: 8 colours x 6 shapes = 48 classes (base/new: 24/24)
+        DemoSpec("DemoShapes", "demo_shapes", MAIN_SHAPES, "filled"),
+        # domain shift: the same 48 classes as outlines on heavy noise
+        DemoSpec("DemoShapesSketch", "demo_shapes_sketch", MAIN_SHAPES, "sketch"),
+        # cross-dataset: 8 colours x 4 other shapes = 32 classes, none shared with the main one
+        DemoSpec("DemoSymbols", "demo_symbols", SYMBOL_SHAPES, "filled"),
+    )
+}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import datasets  # noqa: F401  (registers the datasets)
+import demo  # noqa: F401  (registers the demo datasets)
 from engine.data import DATASET_REGISTRY
 from tests.conftest import REPO_ROOT
 
@@ -19,9 +20,10 @@ def github_anchor(heading: str) -> str:
 def test_every_dataset_points_at_an_existing_datasets_md_section():
     text = (REPO_ROOT / "DATASETS.md").read_text()
     anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
-    # Only the project's datasets (tests register throw-away ones).
+    # Only the project's datasets, the demo's included (tests register throw-away ones).
     names = [n for n in DATASET_REGISTRY.registered_names()
-             if DATASET_REGISTRY.get(n).__module__.startswith("datasets.")]
+             if DATASET_REGISTRY.get(n).__module__.startswith(("datasets.", "demo."))]
+    assert {"DemoShapes", "DemoShapesSketch", "DemoSymbols"} <= set(names)
     assert len(names) >= 15 + 19  # the CoOp suite, the ImageNet variants, VTAB-1K
     missing = {
         name: DATASET_REGISTRY.get(name).docs_ref()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import datasets  # noqa: F401  (registers every dataset)
+import demo  # noqa: F401  (registers the demo datasets, whose configs are in configs/datasets too)
 from datasets.doctor import check_dataset, dataset_config_names, resolve_dataset_name, run_doctor
 from engine.data import DataManager, DatasetBase, DatasetError, Datum, build_dataset
 from engine.errors import ConfigValueError, MissingFileError

@@ -1,6 +1,8 @@
 """Helpers of the demo-world tests (the `demo_root` fixture lives in tests/conftest.py)."""
 from __future__ import annotations
 
+import demo  # noqa: F401  (registers the demo CLIP name and the demo datasets, as entry points do)
+
 
 def demo_cfg(root, name: str = "DemoShapes", **overrides):
     """A config for building a demo dataset directly (no trainer)."""

@@ -1,13 +1,12 @@
-"""The demo datasets through the real data layer: registry, base/new split, few-shot cache, doctor."""
+"""The demo datasets through the real data layer: registry, base/new split, few-shot cache, `python -m demo.doctor`."""
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 
 import pytest
 
-import datasets  # noqa: F401  (registers the datasets)
+import demo  # noqa: F401  (registers the demo datasets)
 from engine.data import build_dataset
 from tests.demo.conftest import demo_cfg
 
@@ -46,12 +45,11 @@ def test_other_demo_datasets_build(demo_root, name):
     assert all(os.path.isfile(d.impath) for d in ds.test[:5])
 
 
-def test_doctor_passes_on_demo_data_and_flags_a_missing_image(demo_root, tmp_path):
-    from datasets.doctor import run_doctor
+def test_demo_doctor_passes_on_demo_data_and_flags_a_missing_image(demo_root, tmp_path, capsys):
+    from demo.doctor import main
 
-    out = io.StringIO()
-    status = run_doctor(str(demo_root), ["DemoShapes", "DemoShapesSketch", "DemoSymbols"], out=out)
-    text = out.getvalue()
+    status = main(["--root", str(demo_root), "--dataset", "DemoShapes", "demo_shapes_sketch", "DEMOSYMBOLS"])
+    text = capsys.readouterr().out
     assert status == 0, text
     assert text.count("OK ") == 3 and "WARN" not in text, text
 
@@ -61,6 +59,16 @@ def test_doctor_passes_on_demo_data_and_flags_a_missing_image(demo_root, tmp_pat
     root = tmp_path / "broken"
     path = write_dataset(DEMO_DATASETS["demo_symbols"], str(root))
     os.remove(os.path.join(path, "images", "red_heart", "red_heart_0050.png"))
-    out = io.StringIO()
-    assert run_doctor(str(root), ["DemoSymbols"], out=out) == 1
-    assert "red_heart_0050.png" in out.getvalue()
+    assert main(["--root", str(root), "--dataset", "DemoSymbols"]) == 1
+    assert "red_heart_0050.png" in capsys.readouterr().out
+
+
+def test_demo_doctor_usage_mistakes_name_its_own_command(tmp_path, capsys):
+    from demo.doctor import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "DemoShapes"])  # no --root
+    assert exit_info.value.code == 2
+    assert "usage: python -m demo.doctor" in capsys.readouterr().err
+    assert main(["--root", str(tmp_path / "nope"), "--dataset", "DemoShapes"]) == 2
+    assert "is not a folder" in capsys.readouterr().err

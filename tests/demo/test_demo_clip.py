@@ -12,11 +12,12 @@ import torch
 import yaml
 
 import clip
+from demo import DEMO_CLIP_PATH
 from tests.conftest import config_path, run_train
 from tests.tolerances import transformer_atol
 from trainers.common import load_clip_to_cpu, resolve_input_size
 
-DEMO_CKPT = clip.loading.LOCAL_MODELS["demo"]
+DEMO_CKPT = DEMO_CLIP_PATH
 
 
 def test_checkpoint_is_small_and_in_openai_format():

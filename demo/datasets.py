@@ -1,4 +1,7 @@
-"""The demo datasets: procedural colour x shape images generated on first use (see `demo/`).
+"""The demo datasets: procedural colour x shape images generated on first use.
+
+Importing this module (as `import demo` does) registers DemoShapes, DemoShapesSketch and
+DemoSymbols in DATASET_REGISTRY; the project's `datasets` package does not know them.
 
 Same layout and code path as a real dataset (image folders, a CoOp-format split file, the
 few-shot cache, base/new subsampling), so everything that runs on a real dataset runs here::
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from demo.make_data import DEMO_DATASETS, ensure_dataset
+from demo.world import DEMO_DATASETS
 from engine.data import DATASET_REGISTRY, DatasetBase
 
 __all__ = ["DemoShapes", "DemoShapesSketch", "DemoSymbols"]
@@ -33,6 +36,10 @@ class _DemoDataset(DatasetBase):
     generates_split = False  # the generator writes the split file with the images
 
     def __init__(self, cfg) -> None:
+        # Imported here, not at the top: `import demo` imports this module, and `python -m
+        # demo.make_data` must find demo.make_data not yet imported (runpy would run it twice).
+        from demo.make_data import ensure_dataset
+
         self.dataset_dir = ensure_dataset(type(self).dataset_dir, cfg.DATASET.ROOT)
         self.image_dir = self.require_dir(os.path.join(self.dataset_dir, "images"), "image folder")
         self.split_path = os.path.join(self.dataset_dir, type(self).split_file)
