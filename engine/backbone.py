@@ -1,7 +1,7 @@
 """A backbone carries its own preprocessing, as timm's `pretrained_cfg` and open_clip's do.
 
 The engine's transforms read `INPUT.SIZE`, `INPUT.PIXEL_MEAN`, `INPUT.PIXEL_STD` and
-`INPUT.INTERPOLATION`. `apply_preprocess` fills them from the backbone: a key the configuration
+`INPUT.INTERPOLATION` (and normalise only with "normalize" in `INPUT.TRANSFORMS`, as Dassl). `apply_preprocess` fills them from the backbone: a key the configuration
 does not set takes the backbone's value; a key it sets to something else keeps the config's value
 with a warning naming both, except the input size, which the model fixes (a ViT's positional
 embedding has one size), so there the backbone's value wins, also with a warning.
@@ -64,8 +64,18 @@ def _same(a: Any, b: Any) -> bool:
 def apply_preprocess(cfg: Any, preprocess: Preprocess, explicit: Collection[str], backbone: str) -> list[str]:
     """Fill the INPUT keys of the (unfrozen) `cfg` from `preprocess`; `explicit` holds the dotted
     keys the configuration set (files, flags, KEY VALUE options). Returns the warnings for the
-    caller to log (the run's log is usually not open yet when the config is resolved)."""
+    caller to log (the run's log is usually not open yet when the config is resolved).
+
+    The backbone's mean and std only act through the "normalize" transform: a configuration that
+    does not choose INPUT.TRANSFORMS gets it; one that chooses transforms without it is warned."""
     warnings = []
+    transforms = list(cfg.INPUT.TRANSFORMS)
+    if "normalize" not in transforms:
+        if "INPUT.TRANSFORMS" not in explicit:
+            cfg.INPUT.TRANSFORMS = type(cfg.INPUT.TRANSFORMS)([*transforms, "normalize"])
+        else:
+            warnings.append(f"INPUT.TRANSFORMS {transforms} has no 'normalize', but backbone {backbone} expects "
+                            f"images normalised with its mean and std: the images go in unnormalised.")
     for field, key in PREPROCESS_KEYS.items():
         ours = getattr(preprocess, field)
         current = _get(cfg, key)

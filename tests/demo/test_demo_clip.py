@@ -15,7 +15,6 @@ import clip
 from demo import DEMO_CLIP_PATH
 from tests.conftest import config_path, run_train
 from tests.tolerances import transformer_atol
-from trainers.common import load_clip_to_cpu, resolve_input_size
 
 DEMO_CKPT = DEMO_CLIP_PATH
 
@@ -43,34 +42,30 @@ def test_missing_demo_checkpoint_names_the_fix(monkeypatch, tmp_path):
         clip.load_state_dict("demo")
 
 
-def _cfg(**pairs):
-    from engine.config import get_cfg_default
+def test_preprocessing_comes_from_the_backbone_unless_the_config_sets_it():
+    import train
 
-    cfg = get_cfg_default()
-    for key, value in pairs.items():
-        node = cfg
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
-
-
-def test_input_size_comes_from_the_checkpoint_unless_set():
-    cfg = _cfg(MODEL__BACKBONE__NAME="demo")
-    resolve_input_size(cfg)
-    assert tuple(cfg.INPUT.SIZE) == (32, 32)
-    load_clip_to_cpu(cfg)  # consistent now
-    # An explicit other size is kept, and loading names the mismatch.
-    cfg = _cfg(MODEL__BACKBONE__NAME="demo", INPUT__SIZE=(64, 64))
-    resolve_input_size(cfg)
-    assert tuple(cfg.INPUT.SIZE) == (64, 64)
-    with pytest.raises(ValueError, match=r"INPUT.SIZE \(32, 32\)"):
-        load_clip_to_cpu(cfg)
-    # Other backbones are never touched (and never loaded here).
-    cfg = _cfg(MODEL__BACKBONE__NAME="ViT-B/16")
-    resolve_input_size(cfg)
-    assert tuple(cfg.INPUT.SIZE) == (224, 224)
+    # No trainer config: the engine defaults (224 px, ImageNet's mean/std, bilinear) give way to the
+    # demo CLIP's own preprocessing, without a warning.
+    resolved = train.resolve_cfg(train.build_parser().parse_args(
+        ["--trainer", "ZeroshotCLIP", "--eval-only", "MODEL.BACKBONE.NAME", "demo"]))
+    cfg = resolved.cfg
+    assert tuple(cfg.INPUT.SIZE) == (32, 32) and cfg.INPUT.INTERPOLATION == "bicubic"
+    assert tuple(cfg.INPUT.PIXEL_MEAN) == clip.OPENAI_DATASET_MEAN and not resolved.warnings
+    assert list(cfg.INPUT.TRANSFORMS) == ["normalize"]  # the mean and std act through it
+    resolved = train.resolve_cfg(train.build_parser().parse_args(
+        ["--trainer", "ZeroshotCLIP", "--eval-only", "--transforms", "random_flip", "MODEL.BACKBONE.NAME", "demo"]))
+    assert list(resolved.cfg.INPUT.TRANSFORMS) == ["random_flip"]
+    assert any("has no 'normalize'" in w for w in resolved.warnings)
+    # A config written for ViT-B/16 sets 224 px: the model fixes the size, a warning names both.
+    resolved = train.resolve_cfg(train.build_parser().parse_args(
+        ["--trainer", "ZeroshotCLIP", "--eval-only", "--config-file", config_path("trainers", "CoOp", "vit_b16.yaml"),
+         "MODEL.BACKBONE.NAME", "demo", "INPUT.PIXEL_MEAN", "[0.5, 0.5, 0.5]"]))
+    assert tuple(resolved.cfg.INPUT.SIZE) == (32, 32)
+    assert any("INPUT.SIZE (224, 224)" in w and "(32, 32)" in w for w in resolved.warnings)
+    # A mean set on purpose is kept, with a warning naming both values.
+    assert list(resolved.cfg.INPUT.PIXEL_MEAN) == [0.5, 0.5, 0.5]
+    assert any("INPUT.PIXEL_MEAN [0.5, 0.5, 0.5]" in w and "0.48145466" in w for w in resolved.warnings)
 
 
 def zeroshot_argv(root, out, dataset: str, *opts: str, config: str = "demo.yaml") -> list[str]:
@@ -95,6 +90,15 @@ def test_zero_shot_is_well_above_chance_with_a_standard_coop_config(demo_root, t
     assert record["accuracy"] >= 3 * chance, record["accuracy"]
     saved = yaml.safe_load((tmp_path / "zs" / "config.yaml").read_text())
     assert list(saved["INPUT"]["SIZE"]) == [32, 32]  # the config written with the run says what was used
+    # No trainer config at all: the backbone's own preprocessing gives the same accuracy (before
+    # backbones carried it, ImageNet's mean/std and bilinear resizing cost 18 points here).
+    bare = run_train([
+        "--root", str(demo_root), "--trainer", "ZeroshotCLIP", "--eval-only", "--output-dir", str(tmp_path / "bare"),
+        "--dataset-config-file", config_path("datasets", "demo_shapes.yaml"),
+        "MODEL.BACKBONE.NAME", "demo", "TRAINER.ZSCLIP.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0",
+    ])
+    # Batch sizes differ (32 vs 100), which may flip a near-tie: allow one image of the 960.
+    assert abs(bare["accuracy"] - record["accuracy"]) <= 100.0 / 960, (bare["accuracy"], record["accuracy"])
 
 
 @pytest.mark.slow
