@@ -54,7 +54,7 @@ def test_preprocessing_comes_from_the_backbone_unless_the_config_sets_it():
     assert tuple(cfg.INPUT.PIXEL_MEAN) == clip.OPENAI_DATASET_MEAN and not resolved.warnings
     assert list(cfg.INPUT.TRANSFORMS) == ["normalize"]  # the mean and std act through it
     resolved = train.resolve_cfg(train.build_parser().parse_args(
-        ["--trainer", "ZeroshotCLIP", "--eval-only", "--transforms", "random_flip", "MODEL.BACKBONE.NAME", "demo"]))
+        ["--trainer", "ZeroshotCLIP", "--eval-only", "--backbone", "demo", "--transforms", "random_flip"]))
     assert list(resolved.cfg.INPUT.TRANSFORMS) == ["random_flip"]
     assert any("has no 'normalize'" in w for w in resolved.warnings)
     # A config written for ViT-B/16 sets 224 px: the model fixes the size, a warning names both.
