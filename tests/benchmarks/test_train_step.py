@@ -53,6 +53,8 @@ def test_numbers_are_consistent_across_trainers(records):
     assert skip["flops_per_step"] < ft["flops_per_step"]
     assert skip["cache_flops_per_batch"] > 0 and skip["median_step_incl_cache_s"] > skip["median_step_s"]
     assert 1 <= skip["classes_per_step"] <= 8
+    # LSkip freezes half of the tiny geometry's 2 blocks (6 of 12 on ViT-B/16).
+    assert skip["skip_start_layer"] == train_step.GEOMETRIES["tiny"]["transformer_layers"] // 2
 
 
 def test_table_and_bad_arguments(records, capsys):
