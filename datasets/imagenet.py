@@ -30,9 +30,10 @@ from collections import OrderedDict
 
 from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum
 from engine.data.datasets import load_fewshot_pickle
+from engine.errors import MissingFileError, UserError
 from engine.utils import atomic_write_bytes, listdir_nohidden
 
-__all__ = ["ImageNet", "read_classnames", "write_classnames", "sort_val_into_folders", "main"]
+__all__ = ["ImageNet", "read_classnames", "write_classnames", "sort_val_into_folders", "OverwriteRefusedError"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def read_classnames(text_file: str, docs_ref: str = "DATASETS.md#imagenet") -> "
     The name is everything after the first space (names contain spaces). Blank lines are skipped.
     """
     if not os.path.isfile(text_file):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Class-name file not found: {text_file}. It lists '<wnid> <class name>' per class; create it "
             f"with `python -m datasets.prepare_imagenet --write-classnames <DATASET.ROOT>`. See {docs_ref}."
         )
@@ -242,6 +243,10 @@ class ImageNet(DatasetBase):
 
 
 # ---------------------------------------------------------------------- command-line helpers
+class OverwriteRefusedError(UserError, FileExistsError):
+    """A file the command would write exists already and --force was not given."""
+
+
 def write_classnames(root: str, force: bool = False, also_variants: bool = False) -> list[str]:
     """Write <root>/imagenet/classnames.txt from the sorted train folders and open_clip's 1000 names.
 
@@ -253,7 +258,7 @@ def write_classnames(root: str, force: bool = False, also_variants: bool = False
     dataset_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), ImageNet.dataset_dir)
     train_dir = os.path.join(dataset_dir, "images", "train")
     if not os.path.isdir(train_dir):
-        raise FileNotFoundError(f"ImageNet train folder not found: {train_dir}. See DATASETS.md#imagenet.")
+        raise MissingFileError(f"ImageNet train folder not found: {train_dir}. See DATASETS.md#imagenet.")
     wnids = _class_folders(train_dir)
     bad = [w for w in wnids if not WNID_PATTERN.match(w)]
     if len(wnids) != len(IMAGENET_CLASSNAMES) or bad:
@@ -264,7 +269,7 @@ def write_classnames(root: str, force: bool = False, also_variants: bool = False
         )
     target = os.path.join(dataset_dir, "classnames.txt")
     if os.path.exists(target) and not force:
-        raise FileExistsError(f"{target} exists; pass --force to overwrite it.")
+        raise OverwriteRefusedError(f"{target} exists; pass --force to overwrite it.")
     text = "".join(f"{w} {name}\n" for w, name in zip(wnids, IMAGENET_CLASSNAMES))
     atomic_write_bytes(target, text.encode("utf-8"))
     written = [target]
@@ -304,7 +309,7 @@ def sort_val_into_folders(root: str, labels_file: str) -> int:
     """Move the flat images of <root>/imagenet/images/val into <wnid>/ folders; returns how many moved."""
     val_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), ImageNet.dataset_dir, "images", "val")
     if not os.path.isdir(val_dir):
-        raise FileNotFoundError(f"ImageNet val folder not found: {val_dir}. See DATASETS.md#imagenet.")
+        raise MissingFileError(f"ImageNet val folder not found: {val_dir}. See DATASETS.md#imagenet.")
     mapping = _read_val_labels(labels_file)
     names = [e.name for e in os.scandir(val_dir) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
     unknown = [n for n in names if os.path.splitext(n)[0] not in mapping]

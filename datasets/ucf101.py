@@ -49,6 +49,11 @@ class UCF101(SplitFileDataset):
         cname2lab = {}
         for line in self.read_raw_lines(RAW_FILES[0]):
             label, _, action = line.partition(" ")
+            if not label.isdigit() or not action.strip():
+                raise DatasetError(
+                    f"UCF101: {RAW_FILES[0]} line {line!r} should be '<1-based class id> <ActionName>'. "
+                    f"Use the file from the official UCF101 train/test split archive. See {self.docs_ref()}."
+                )
             cname2lab[action.strip()] = int(label) - 1  # 1-based in the file
         trainval = self.read_data(cname2lab, RAW_FILES[1])
         test = self.read_data(cname2lab, RAW_FILES[2])

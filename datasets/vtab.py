@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 
 from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum
+from engine.errors import ConfigValueError, MissingFileError
 
 __all__ = ["VTAB_TASKS", "VTAB_GROUPS", "VTAB_FOLDER_ALIASES", "VTABBase", "LIST_FILES", "PROTOCOLS", "read_list_file"]
 
@@ -244,13 +245,13 @@ class VTABBase(DatasetBase):
     def __init__(self, cfg) -> None:
         protocol = cfg.DATASET.VTAB.PROTOCOL
         if protocol not in PROTOCOLS:
-            raise ValueError(f"DATASET.VTAB.PROTOCOL={protocol!r} is not one of {PROTOCOLS}.")
+            raise ConfigValueError(f"DATASET.VTAB.PROTOCOL={protocol!r} is not one of {PROTOCOLS}.")
         self.protocol = protocol
         self.dataset_dir = self.find_dataset_dir(cfg.DATASET.ROOT)
         if not os.path.isdir(self.dataset_dir):
             aliases = VTAB_FOLDER_ALIASES.get(self.task, ())
             also = f" (or one of the aliases {', '.join(aliases)})" if aliases else ""
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Dataset folder not found: {self.dataset_dir}{also} (DATASET.ROOT={cfg.DATASET.ROOT}). "
                 f"See {self.docs_ref()}."
             )

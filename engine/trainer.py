@@ -560,9 +560,13 @@ class SimpleTrainer(TrainerBase):
 
     @torch.no_grad()
     def test(self, split: str | None = None) -> float:
-        """Evaluate on `split` (default TEST.SPLIT); return the accuracy."""
+        """Evaluate on `split` (default TEST.SPLIT); return the accuracy.
+
+        The default evaluation (no `split` given) is the run's result: it is kept for
+        `save_results`. An explicit split (best_val's per-epoch validation) is not."""
         self.set_model_mode("eval")
         self.evaluator.reset()
+        is_final = split is None
         split = split or self.cfg.TEST.SPLIT
         if split == "val" and self.val_loader is not None:
             data_loader = self.val_loader
@@ -582,9 +586,9 @@ class SimpleTrainer(TrainerBase):
         for k, v in results.items():
             if isinstance(v, (int, float)):
                 self.write_scalar(f"{split}/{k}", v, self.epoch)
-        if split == "test":
+        if is_final:
             self.test_time_s = elapsed
-            self.last_test = {"results": dict(results), "impaths": impaths}
+            self.last_test = {"results": dict(results), "impaths": impaths, "split": split}
             logits, labels = self.evaluator.outputs()
             self.last_test["logits"], self.last_test["labels"] = logits, labels
         return list(results.values())[0]
@@ -633,6 +637,7 @@ class SimpleTrainer(TrainerBase):
             "seed": cfg.SEED,
             "backbone": cfg.MODEL.BACKBONE.NAME,
             "num_classes": int(self.last_test["logits"].shape[1]),
+            "split": self.last_test["split"],
             "num_test": int(self.last_test["labels"].shape[0]),
             "accuracy": float(results["accuracy"]),
             "error_rate": float(results["error_rate"]),

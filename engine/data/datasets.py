@@ -20,11 +20,23 @@ import random
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from engine.errors import UserError
-from engine.registry import Registry
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from engine.errors import ConfigValueError, MissingFileError, UserError
+from engine.registry import Registry, UnknownNameError
 from engine.utils import atomic_write_bytes, listdir_nohidden, read_json, write_json
 
-__all__ = ["Datum", "DatasetBase", "SplitFileDataset", "DATASET_REGISTRY", "build_dataset", "DatasetError"]
+__all__ = [
+    "Datum",
+    "DatasetBase",
+    "SplitFileDataset",
+    "DATASET_REGISTRY",
+    "build_dataset",
+    "DatasetError",
+    "UnsafeCacheError",
+    "IMAGE_EXTENSIONS",
+    "is_image_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +46,21 @@ DATASET_REGISTRY = Registry("DATASET")
 LEGACY_DATUM_PATH = ("dassl.data.datasets.base_dataset", "Datum")
 
 
+# What torchvision's ImageFolder (and PIL) read as images, compared case-insensitively.
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS)
+
+
+def is_image_file(path: str) -> bool:
+    """True when `path` has an image extension (`IMAGE_EXTENSIONS`, any case)."""
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
 class DatasetError(UserError, RuntimeError):
     """A dataset on disk is missing, malformed or inconsistent with what the code expects."""
+
+
+class UnsafeCacheError(DatasetError, pickle.UnpicklingError):
+    """A few-shot cache that references something other than `Datum` records; it is not loaded."""
 
 
 class Datum:
@@ -63,7 +88,7 @@ class Datum:
         if check_exists is None:
             check_exists = self.check_exists_default
         if check_exists and not os.path.isfile(impath):
-            raise FileNotFoundError(f"Image not found: {impath!r} (label={label}, classname={classname!r}).")
+            raise MissingFileError(f"Image not found: {impath!r} (label={label}, classname={classname!r}).")
         self._impath = impath
         self._label = label
         self._domain = domain
@@ -113,14 +138,17 @@ class _CacheUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in (LEGACY_DATUM_PATH, (Datum.__module__, Datum.__name__)):
             return Datum
-        raise pickle.UnpicklingError(
+        raise UnsafeCacheError(
             f"Refusing to load {self._source}: it references the global {module}.{name}, but a "
             f"few-shot cache may only contain Datum records. Delete the file if you did not create it; "
             f"it will be regenerated."
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError(f"Refusing to load {self._source}: persistent ids are not allowed.")
+        raise UnsafeCacheError(
+            f"Refusing to load {self._source}: persistent ids are not allowed. Delete the file if you did "
+            f"not create it; it will be regenerated."
+        )
 
 
 def load_fewshot_pickle(filepath: str) -> dict:
@@ -128,7 +156,7 @@ def load_fewshot_pickle(filepath: str) -> dict:
     with open(filepath, "rb") as f:
         try:
             data = _CacheUnpickler(f, filepath).load()
-        except pickle.UnpicklingError:
+        except UnsafeCacheError:
             raise
         except Exception as exc:  # truncated or otherwise broken file
             raise DatasetError(
@@ -170,6 +198,9 @@ class DatasetBase:
     split_file: str | None = None
     generates_split: bool = False
     official_counts: dict[str, int] = {}
+    # Files under the dataset folder skipped because they are not images (set by `Custom`);
+    # the DataManager and the doctor report them.
+    ignored_files: Sequence[str] = ()
 
     @classmethod
     def extra_checks(cls, dataset_dir: str) -> list[str]:
@@ -249,7 +280,7 @@ class DatasetBase:
     def is_input_domain_valid(self, input_domains: Sequence[str]) -> None:
         for domain in input_domains:
             if domain not in self.domains:
-                raise ValueError(
+                raise ConfigValueError(
                     f"Input domain {domain!r} is not one of {type(self).__name__}'s domains {self.domains}."
                 )
 
@@ -306,7 +337,7 @@ class DatasetBase:
         root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
         dataset_dir = os.path.join(root, type(self).dataset_dir)
         if not os.path.isdir(dataset_dir):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Dataset folder not found: {dataset_dir} (DATASET.ROOT={cfg.DATASET.ROOT}). "
                 f"See {self.docs_ref()}."
             )
@@ -315,7 +346,7 @@ class DatasetBase:
     def require_dir(self, path: str, what: str = "folder") -> str:
         """Raise a clear error if `path` (inside the dataset folder) is missing."""
         if not os.path.isdir(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{type(self).__name__}: expected {what} {path} is missing. See {self.docs_ref()}."
             )
         return path
@@ -323,7 +354,7 @@ class DatasetBase:
     def require_file(self, path: str, what: str = "file") -> str:
         """Raise a clear error if the file `path` (inside the dataset folder) is missing."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{type(self).__name__}: expected {what} {path} is missing. See {self.docs_ref()}."
             )
         return path
@@ -331,7 +362,7 @@ class DatasetBase:
     def read_lines(self, path: str, missing_message: str = "") -> list[str]:
         """Stripped, non-blank lines of a text file (CRLF-safe); a missing file raises a clear error."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 (missing_message or f"{type(self).__name__}: expected file {path} is missing.")
                 + f" See {self.docs_ref()}."
             )
@@ -487,7 +518,7 @@ class DatasetBase:
         "all" returns the inputs unchanged (as a tuple).
         """
         if subsample not in ("all", "base", "new"):
-            raise ValueError(
+            raise ConfigValueError(
                 f"DATASET.SUBSAMPLE_CLASSES={subsample!r} is not one of 'all', 'base', 'new'."
             )
         if subsample == "all":
@@ -669,8 +700,11 @@ def build_dataset(cfg) -> DatasetBase:
         hint = "" if known else " No dataset is registered: import the `datasets` package first."
         try:
             DATASET_REGISTRY.get(name)
-        except KeyError as exc:
-            raise KeyError(f"DATASET.NAME={name!r}: {exc.args[0]}{hint}") from None
+        except UnknownNameError as exc:
+            raise UnknownNameError(
+                f"DATASET.NAME={name!r}: {exc}{hint} DATASET.NAME is the class name that "
+                f"configs/datasets/<name>.yaml sets (e.g. Caltech101 in caltech101.yaml)."
+            ) from None
     if cfg.VERBOSE:
         logger.info("Loading dataset: %s", name)
     return DATASET_REGISTRY.get(name)(cfg)

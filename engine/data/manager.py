@@ -9,9 +9,11 @@ import torchvision.transforms as T
 from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset
 
+from engine.data.checks import describe_identical_prompts, describe_ignored_files, find_identical_prompts
 from engine.data.datasets import DatasetBase, DatasetError, Datum, build_dataset
 from engine.data.samplers import build_sampler
 from engine.data.transforms import INTERPOLATION_MODES, build_transform
+from engine.errors import ConfigValueError
 from engine.utils import read_image
 from engine.errors import ConfigValueError
 
@@ -108,6 +110,15 @@ def build_data_loader(
     return loader
 
 
+def _warn_about_dataset(cfg, dataset: DatasetBase) -> None:
+    """One warning line each for skipped non-image files and for classes with identical prompts."""
+    if dataset.ignored_files:
+        logger.warning("Warning: DATASET.NAME=%s: %s", cfg.DATASET.NAME, describe_ignored_files(dataset.ignored_files))
+    groups = find_identical_prompts(dataset.lab2cname)
+    if groups:
+        logger.warning("Warning: DATASET.NAME=%s: %s", cfg.DATASET.NAME, describe_identical_prompts(groups))
+
+
 def _check_splits_not_empty(cfg, dataset: DatasetBase) -> None:
     """Refuse to train on an empty test split, or on a val split that exists but holds nothing."""
     problems = []
@@ -136,6 +147,7 @@ class DataManager:
     ) -> None:
         dataset = build_dataset(cfg)
         _check_splits_not_empty(cfg, dataset)
+        _warn_about_dataset(cfg, dataset)
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)

@@ -14,8 +14,9 @@ import pytest
 
 import datasets  # noqa: F401  (registers Caltech101)
 from datasets.caltech101 import Caltech101
-from engine.data import DatasetBase, DatasetError, build_dataset
+from engine.data import DatasetBase, DatasetError, UnsafeCacheError, build_dataset
 from engine.data.datasets import load_fewshot_pickle
+from engine.errors import MissingFileError
 from tests.factories.datasets import caltech_cfg, make_caltech101_tree
 
 EXPECTED_NAMES = {0: "face", 1: "leopard", 2: "motorbike", 3: "accordion", 4: "airplane", 5: "anchor"}
@@ -183,7 +184,7 @@ def test_hostile_cache_is_refused_without_running_code(caltech_root, tmp_path):
     cache = caltech_root / "caltech-101" / "split_fewshot" / "shot_1-seed_1.pkl"
     cache.parent.mkdir()
     cache.write_bytes(pickle.dumps({"train": [_Evil(marker)], "val": []}))
-    with pytest.raises(pickle.UnpicklingError, match=r"mkdir") as info:
+    with pytest.raises(UnsafeCacheError, match=r"mkdir") as info:
         Caltech101(caltech_cfg(caltech_root, num_shots=1, seed=1))
     assert str(cache) in str(info.value)
     assert not os.path.exists(marker)
@@ -213,7 +214,7 @@ def test_base_new_odd_gives_base_the_extra_class_and_shares_cache(tmp_path):
 
 
 def test_missing_dataset_folder(tmp_path):
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(MissingFileError) as info:
         Caltech101(caltech_cfg(tmp_path))
     assert str(info.value) == (
         f"Dataset folder not found: {tmp_path}/caltech-101 (DATASET.ROOT={tmp_path}). See DATASETS.md#caltech101."

@@ -11,6 +11,7 @@ import pytest
 import datasets  # noqa: F401  (registers Custom)
 from datasets.custom import Custom
 from engine.data import DatasetError, build_dataset
+from engine.errors import ConfigValueError, MissingFileError
 from tests.factories.vtab_custom import make_csv_dataset, make_image_folder, small_cfg
 
 
@@ -111,22 +112,75 @@ def test_fewshot_cache_and_base_new_with_five_classes(tmp_path, monkeypatch):
     assert {x.impath for x in eight.train_x} >= {x.impath for x in base.train_x}
 
 
+def test_folder_takes_only_image_files(tmp_path):
+    data_dir = make_image_folder(tmp_path, classes=("cat", "dog"), n_per_class=5)
+    (data_dir / "cat" / "README.txt").write_text("where these came from")
+    (data_dir / "cat" / "Thumbs.db").write_bytes(b"\0" * 8)
+    (data_dir / "cat" / ".DS_Store").write_bytes(b"\0" * 8)  # hidden: skipped without a word
+    (data_dir / "dog" / "more").mkdir()
+    (data_dir / "dog" / "more" / "img_99.jpg").write_bytes((data_dir / "dog" / "img_00.jpg").read_bytes())
+    (data_dir / "dog" / "IMG_50.JPEG").write_bytes((data_dir / "dog" / "img_00.jpg").read_bytes())  # any case
+    (data_dir / "stray.png").write_bytes((data_dir / "dog" / "img_00.jpg").read_bytes())  # not in a class
+    (data_dir / "notes.txt").write_text("top-level notes are not class data")
+
+    ds = build_dataset(folder_cfg(tmp_path))
+    everything = ds.train_x + ds.val + ds.test
+    assert Counter(x.classname for x in everything) == {"cat": 5, "dog": 6}
+    assert str(data_dir / "dog" / "IMG_50.JPEG") in {x.impath for x in everything}
+    assert sorted(ds.ignored_files) == sorted([
+        str(data_dir / "cat" / "README.txt"),
+        str(data_dir / "cat" / "Thumbs.db"),
+        str(data_dir / "dog" / "more") + os.sep,
+        str(data_dir / "stray.png"),
+    ])
+    saved = json.loads((data_dir / "split_custom.json").read_text())
+    assert not any(entry[0].endswith((".txt", ".db")) for part in saved.values() for entry in part)
+
+
+def test_split_file_entries_that_are_not_images_are_dropped(tmp_path):
+    data_dir = make_image_folder(tmp_path, classes=("a", "b"), n_per_class=3)
+    (data_dir / "a" / "README.txt").write_text("an older split file took this in")
+    split = {
+        "train": [["a/img_00.jpg", 0, "a"], ["b/img_00.jpg", 1, "b"]],
+        "val": [["a/README.txt", 0, "a"], ["b/img_01.jpg", 1, "b"]],
+        "test": [["a/img_02.jpg", 0, "a"], ["b/img_02.jpg", 1, "b"]],
+    }
+    (data_dir / "split_custom.json").write_text(json.dumps(split))
+    ds = build_dataset(folder_cfg(tmp_path))
+    assert [x.impath for x in ds.val] == [str(data_dir / "b" / "img_01.jpg")]
+    assert ds.ignored_files == [str(data_dir / "a" / "README.txt")]
+
+
+def test_csv_rows_that_are_not_images_are_ignored(tmp_path):
+    csv_path = make_csv_dataset(tmp_path, per_split={"train": 2, "val": 1, "test": 1}, label_as_name=True)
+    (csv_path.parent / "imgs" / "notes.txt").write_text("not an image")
+    with open(csv_path, "a") as f:  # a class that only has a non-image row must not become a label
+        f.write("imgs/notes.txt,aardvark,aardvark,train\n")
+    ds = build_dataset(csv_cfg(tmp_path))
+    assert ds.classnames == ["blue", "green", "red"]
+    assert ds.ignored_files == [str(csv_path.parent / "imgs" / "notes.txt")]
+
+
 def test_errors(tmp_path):
     cfg = small_cfg(tmp_path, "Custom")
-    with pytest.raises(ValueError, match="exactly one of DATASET.CUSTOM.DIR"):
+    with pytest.raises(ConfigValueError, match="exactly one of DATASET.CUSTOM.DIR"):
         build_dataset(cfg)
-    with pytest.raises(FileNotFoundError, match="DATASETS.md#your-own-data"):
+    with pytest.raises(MissingFileError, match="DATASETS.md#your-own-data"):
         build_dataset(folder_cfg(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"CSV file not found: .*nope.csv"):
+    with pytest.raises(MissingFileError, match=r"CSV file not found: .*nope.csv"):
         build_dataset(csv_cfg(tmp_path, name="nope.csv"))
+    bad_fractions = folder_cfg(tmp_path)
+    bad_fractions.DATASET.CUSTOM.P_TRAIN = 0.9
+    with pytest.raises(ConfigValueError, match="P_TRAIN=0.9 and P_VAL=0.2 .* sum to less than 1"):
+        build_dataset(bad_fractions)
 
     csv_path = make_csv_dataset(tmp_path, per_split={"train": 2, "val": 1, "test": 1})
     text = csv_path.read_text()
     csv_path.write_text(text.replace(",test\n", ",val\n"))
-    with pytest.raises(DatasetError, match="no rows with split='test'"):
+    with pytest.raises(DatasetError, match="no image rows with split='test'"):
         build_dataset(csv_cfg(tmp_path))
     csv_path.write_text(text.replace("imgs/train_red_1.jpg,0,red", "imgs/train_red_1.jpg,0,crimson"))
-    with pytest.raises(DatasetError, match="label 0 is named 'crimson'"):
+    with pytest.raises(DatasetError, match="line 3: label 0 is named 'crimson'"):
         build_dataset(csv_cfg(tmp_path))
     csv_path.write_text(text.replace("imgs/test_blue_0.jpg", "imgs/missing.jpg"))
     with pytest.raises(DatasetError, match=r"line \d+ lists .*missing.jpg"):
@@ -134,3 +188,41 @@ def test_errors(tmp_path):
     csv_path.write_text("file,target\nimgs/a.jpg,0\n")
     with pytest.raises(DatasetError, match="columns 'path' and 'label'"):
         build_dataset(csv_cfg(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["imgs/train_red_0.jpg,0,red,train", ",,,", "imgs/train_red_1.jpg,,red,train"], r"line 4 has no label"),
+        (["imgs/train_red_0.jpg,0,red,train", "imgs/a,b.jpg,0,red,train"], r"line 3 has more values than the header"),
+        (["imgs/train_red_0.jpg,0,red,train", "imgs/test_red_0.jpg,red,red,test"],
+         r"mixes integer labels \(line 2: '0'\) and class-name labels \(line 3: 'red'\)"),
+        (["imgs/train_red_0.jpg,-1,red,train"], r"line 2: negative label -1"),
+        (["imgs/train_red_0.jpg,0,red,holdout", "imgs/test_red_0.jpg,0,red,test"], r"line 2: split 'holdout'"),
+    ],
+    ids=["missing-label", "extra-value", "mixed-labels", "negative-label", "unknown-split"],
+)
+def test_bad_csv_lines_name_the_line(tmp_path, lines, message):
+    csv_path = make_csv_dataset(tmp_path, per_split={"train": 1, "test": 1}, classes=("red",))
+    csv_path.write_text("path,label,classname,split\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(csv_cfg(tmp_path))
+
+
+def test_csv_encoding(tmp_path):
+    csv_path = make_csv_dataset(tmp_path, per_split={"train": 1, "val": 1, "test": 1})
+    text = csv_path.read_text()
+    csv_path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # a spreadsheet's byte-order mark is fine
+    assert len(build_dataset(csv_cfg(tmp_path)).test) == 3
+    csv_path.write_bytes(text.replace("red", "r\xe9d").encode("latin-1"))
+    with pytest.raises(DatasetError, match="is not UTF-8 text.*Save it as a UTF-8 CSV"):
+        build_dataset(csv_cfg(tmp_path))
+
+
+def test_class_folder_without_images(tmp_path):
+    data_dir = make_image_folder(tmp_path, classes=("cat", "dog"), n_per_class=3)
+    for image in (data_dir / "dog").iterdir():
+        image.unlink()
+    (data_dir / "dog" / "README.txt").write_text("images to come")
+    with pytest.raises(DatasetError, match=r"class folder .*dog holds no image files \(only 1 other entries\)"):
+        build_dataset(folder_cfg(tmp_path))

@@ -12,7 +12,7 @@ import pytest
 
 import datasets  # noqa: F401  (registers the datasets)
 from datasets import imagenet as imagenet_module
-from datasets.imagenet import ImageNet, sort_val_into_folders, write_classnames
+from datasets.imagenet import ImageNet, OverwriteRefusedError, sort_val_into_folders, write_classnames
 from datasets.prepare_imagenet import main
 from engine.data import DatasetBase, DatasetError, build_dataset
 from engine.data.datasets import load_fewshot_pickle
@@ -192,13 +192,13 @@ def test_write_classnames_from_open_clip(tmp_path):
     assert copy.read_text() == (tmp_path / "imagenet" / "classnames.txt").read_text()
     assert not (tmp_path / "imagenetv2").exists()
     # No silent overwrite; --force overwrites.
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(OverwriteRefusedError, match="--force"):
         write_classnames(str(tmp_path))
     assert main(["--write-classnames", str(tmp_path), "--force"]) == 0
 
 
 def test_write_classnames_refuses_partial_train(root, capsys):
-    assert main(["--write-classnames", str(root), "--force"]) == 1
+    assert main(["--write-classnames", str(root), "--force"]) == 2
     assert "exactly 1000 wnid folders" in capsys.readouterr().err
 
 

@@ -50,6 +50,13 @@ def test_split_json_fewshot_and_base_new(tmp_path):
     assert new.classnames == ["Playing_Daf", "Skijet"] and sorted({x.label for x in new.test}) == [0, 1]
 
 
+def test_malformed_class_index_names_the_line(tmp_path):
+    root = make_ucf101_tree(tmp_path)
+    (root / "ucf101" / "ucfTrainTestlist" / "classInd.txt").write_text("1 ApplyEyeMakeup\nBaby Crawling\n")
+    with pytest.raises(DatasetError, match=r"classInd.txt line 'Baby Crawling' should be '<1-based class id> <ActionName>'"):
+        UCF101(cfg(root))
+
+
 def test_unknown_action_and_missing_lists(tmp_path):
     root = make_ucf101_tree(tmp_path)
     lst = root / "ucf101" / "ucfTrainTestlist" / "testlist01.txt"

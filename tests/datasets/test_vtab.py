@@ -13,6 +13,7 @@ from datasets.vtab import CLASSNAMES, LIST_FILES, VTAB_CLASSES, VTAB_GROUPS, VTA
 from engine.config import get_cfg_default, merge_from_file
 from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, build_dataset
 from engine.data.datasets import load_fewshot_pickle
+from engine.errors import ConfigValueError
 from tests.factories.vtab_custom import make_vtab_task, small_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +55,7 @@ def test_search_protocol_uses_train800_and_val200(tmp_path):
     assert all("/images/val200/" in x.impath for x in ds.val)
     assert ds.classnames == ["banded", "blotchy", "braided"]
     cfg.DATASET.VTAB.PROTOCOL = "train900"
-    with pytest.raises(ValueError, match="DATASET.VTAB.PROTOCOL='train900'"):
+    with pytest.raises(ConfigValueError, match="DATASET.VTAB.PROTOCOL='train900'"):
         build_dataset(cfg)
 
 

@@ -8,7 +8,10 @@ from collections import Counter
 import pytest
 
 from engine.data import DATASET_REGISTRY, DatasetBase, DatasetError, Datum, build_dataset
+from engine.data.datasets import load_fewshot_pickle
 from engine.config import get_cfg_default
+from engine.errors import ConfigValueError, MissingFileError, UserError
+from engine.registry import UnknownNameError
 
 
 def _fake(label, name=None, i=0):
@@ -23,7 +26,7 @@ def test_datum_is_read_only_and_checks_existence(tmp_path):
     assert d._impath == str(f) and d._label == 3 and d._domain == 1 and d._classname == "cat"
     with pytest.raises(AttributeError):
         d.label = 4
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+    with pytest.raises(MissingFileError, match="missing.jpg"):
         Datum(str(tmp_path / "missing.jpg"), 0)
     with pytest.raises(TypeError, match="str"):
         Datum(f, 0)
@@ -84,7 +87,7 @@ def test_subsample_classes_relabels_noncontiguous_labels():
     assert sorted((d.classname, d.label) for d in new_te) == [("c7", 0), ("c9", 1), ("c9", 1)]
     assert len(base_te) == 3 and len(new_tr) == 2
     assert DatasetBase.subsample_classes(train, test, subsample="all") == (train, test)
-    with pytest.raises(ValueError, match="SUBSAMPLE_CLASSES"):
+    with pytest.raises(ConfigValueError, match="SUBSAMPLE_CLASSES"):
         DatasetBase.subsample_classes(train, subsample="half")
 
 
@@ -124,5 +127,32 @@ def test_build_dataset_by_name_and_unknown_name_suggests():
     cfg.DATASET.NAME = "ToyDataForBuildTest"
     assert build_dataset(cfg).num_classes == 2
     cfg.DATASET.NAME = "ToyDataForBuildTst"
-    with pytest.raises(KeyError, match="Did you mean: ToyDataForBuildTest"):
+    with pytest.raises(UnknownNameError, match="Did you mean: ToyDataForBuildTest.*configs/datasets/<name>.yaml"):
         build_dataset(cfg)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a pickle at all", b"\x80\x04\x95"], ids=["empty", "text", "truncated"])
+def test_broken_fewshot_cache_is_a_dataset_error(tmp_path, content):
+    cache = tmp_path / "shot_1-seed_1.pkl"
+    cache.write_bytes(content)
+    with pytest.raises(DatasetError, match=f"Few-shot cache {cache} could not be read.*Delete it"):
+        load_fewshot_pickle(str(cache))
+
+
+def test_missing_folders_and_files_are_user_errors(tmp_path):
+    cfg = get_cfg_default()
+    cfg.DATASET.ROOT = str(tmp_path)
+
+    class Toy(DatasetBase):
+        dataset_dir = "toy"
+
+    toy = Toy(train_x=[_fake(0)])
+    for call in (
+        lambda: toy.resolve_dataset_dir(cfg),
+        lambda: toy.require_dir(str(tmp_path / "imgs")),
+        lambda: toy.require_file(str(tmp_path / "labels.txt")),
+        lambda: toy.read_lines(str(tmp_path / "labels.txt")),
+    ):
+        with pytest.raises(MissingFileError, match=f"{tmp_path}/(toy|imgs|labels.txt).*See DATASETS.md#toy"):
+            call()
+    assert issubclass(MissingFileError, UserError)
