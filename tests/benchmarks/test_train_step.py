@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from benchmarks import train_step
+from engine.errors import ConfigValueError
 from tests.conftest import REPO_ROOT
 
 REQUIRED = ("trainer", "median_step_s", "peak_memory_mb", "trainable_params", "flops_per_step",
@@ -60,7 +61,7 @@ def test_numbers_are_consistent_across_trainers(records):
 def test_table_and_bad_arguments(records, capsys):
     table = train_step.format_table(list(records.values()))
     assert table.splitlines()[0].startswith("trainer") and len(table.splitlines()) == 2 + 4
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigValueError, match="'NoSuchTrainer'"):
         train_step.main(["--trainer", "NoSuchTrainer", *TINY])
 
 
