@@ -132,6 +132,27 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# ------------------------------------------------------------------------------------ formatting
+def pct(value: float) -> str:
+    return f"{value:.1f}%"
+
+
+def paragraph(text: str) -> str:
+    """Wrap prose at README's width (code spans may wrap: markdown reads a newline as a space)."""
+    return textwrap.fill(" ".join(text.split()), width=100, break_long_words=False, break_on_hyphens=False)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(row) for row in rows)])
+
+
+def seconds(value: float) -> str:
+    return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
+
+
 # ------------------------------------------------------------------------------------ machine
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
@@ -168,8 +189,12 @@ class Provenance:
 
     def line(self) -> str:
         load = f", load average {self.load:.1f} when it started" if self.load is not None else ""
-        return (f"_Measured by `{self.command}` on {self.cpu} ({self.cores} cores), Python {self.python}, "
-                f"torch {self.torch}, {self.day}{load}._")
+        return paragraph(f"_Measured by `{self.command}` on {self.cpu} ({self.cores} cores), Python {self.python}, "
+                         f"torch {self.torch}, {self.day}{load}._")
+
+    def busy(self) -> bool:
+        """Other work on the cores: the block's times will be longer than on an idle machine."""
+        return self.load is not None and self.load > 0.5 * self.cores
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -312,25 +337,6 @@ class Workspace:
         return self.once(("startup",), python_startup_s)
 
 
-# ------------------------------------------------------------------------------------ formatting
-def pct(value: float) -> str:
-    return f"{value:.1f}%"
-
-
-def paragraph(text: str) -> str:
-    """Wrap prose at README's width (code spans may wrap: markdown reads a newline as a space)."""
-    return textwrap.fill(" ".join(text.split()), width=100, break_long_words=False, break_on_hyphens=False)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def seconds(value: float) -> str:
-    return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
-
-
 # ------------------------------------------------------------------------------------ block: demo zero-shot
 @dataclass(frozen=True)
 class ZeroShotRow:
@@ -384,7 +390,8 @@ def render_demo_zero_shot(record: ZeroShotRecord, prov: Provenance) -> str:
         f"{gaps} points, and that is the gap few-shot adaptation can close. (Without it the demo CLIP's "
         "zero-shot accuracy equals a linear probe on its image features, so no prompt learner could beat it.)"
     )
-    intro = f'Zero-shot accuracy (ZeroshotCLIP, template "a photo of a {{}}.", `{DEMO_CONFIG}`, fp32, test split):'
+    intro = paragraph(f'Zero-shot accuracy (ZeroshotCLIP, template "a photo of a {{}}.", `{DEMO_CONFIG}`, fp32, '
+                      "test split):")
     return "\n\n".join([intro, table, light, prov.line()])
 
 
@@ -667,6 +674,9 @@ def regenerate(names: list[str], workspace: Workspace) -> list[BlockOutcome]:
         block = BLOCKS[name]
         prov = Provenance.now(name)
         print(f"[readme_numbers] {name}: {block.summary}", file=sys.stderr, flush=True)
+        if prov.busy():
+            print(f"[readme_numbers] warning: load average {prov.load:.1f} on {prov.cores} cores: other work is "
+                  "running, so the times measured now are longer than on an idle machine", file=sys.stderr, flush=True)
         start = time.perf_counter()
         record = block.measure(workspace)
         wall = time.perf_counter() - start

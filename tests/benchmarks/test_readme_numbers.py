@@ -203,7 +203,7 @@ def test_every_block_renders_into_readme_without_touching_the_rest():
 
 def test_provenance_names_the_command_and_the_machine():
     prov = rn.Provenance.now("demo_coop")
-    line = prov.line()
+    line = " ".join(prov.line().split())  # wrapped at README's width
     assert prov.command == "python -m benchmarks.readme_numbers --only demo_coop --write"
     assert f"`{prov.command}`" in line and prov.cpu in line and f"({prov.cores} cores)" in line
     assert f"torch {prov.torch}" in line and re.search(r", \d{4}-\d\d-\d\d", line)
@@ -212,3 +212,10 @@ def test_provenance_names_the_command_and_the_machine():
 def test_a_marker_quoted_inside_a_line_is_not_a_marker():
     text = "Blocks sit between `<!-- readme_numbers:NAME -->` lines.\n" + TEXT
     assert set(rn.find_blocks(text)) == {"one", "two"}
+
+
+def test_a_busy_machine_is_noticed():
+    # Load above half the cores means other work shares them (the times of that block are longer).
+    assert rn.Provenance("c", "cpu", 2, "3", "t", "d", 1.5).busy()
+    assert not rn.Provenance("c", "cpu", 2, "3", "t", "d", 0.5).busy()
+    assert not rn.Provenance("c", "cpu", 2, "3", "t", "d", None).busy()
