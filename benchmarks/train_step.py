@@ -232,6 +232,7 @@ def measure(trainer_name: str, args) -> dict[str, Any]:
             extra["cache_s_per_batch"] = statistics.median(cache_times)
             extra["cache_flops_per_batch"] = _flops(lambda: model.image_prefix(images))
             extra["classes_per_step"] = int(model.keep_mask.sum()) if model.keep_mask is not None else args.classes
+            extra["skip_start_layer"] = int(trainer.cfg.TRAINER.SKIP.START_LAYER)
             batch: Any = (hidden.cpu(), labels.cpu())
         else:
             batch = {"img": images, "label": labels, "domain": torch.zeros_like(labels), "impath": [""] * args.batch}

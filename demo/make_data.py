@@ -75,7 +75,7 @@ def _write_tree(spec: DemoSpec, target: str) -> None:
         os.makedirs(folder)
         for index in range(per_class):
             name = f"{klass.name}_{index:04d}.png"
-            pixels = render_class_image(spec.dataset_dir, classes, label, index, spec.style, light=DATASET_LIGHT)
+            pixels = render_class_image(spec.dataset_dir, classes, label, index, spec.style, light=spec.light)
             with open(os.path.join(folder, name), "wb") as f:
                 f.write(_png_bytes(pixels))
             part = "train" if index < spec.n_train else "val" if index < spec.n_train + spec.n_val else "test"
@@ -84,6 +84,9 @@ def _write_tree(spec: DemoSpec, target: str) -> None:
     with open(os.path.join(target, spec.split_file), "w") as f:
         f.write(json.dumps(split, indent=4, separators=(",", ": ")))
     info = {"world_version": WORLD_VERSION, "dataset": spec.name, "style": spec.style, **spec.counts}
+    if spec.light != DATASET_LIGHT:
+        # Only a variant says so: the standard datasets stay byte-identical to earlier writes.
+        info["light"] = None if spec.light is None else list(spec.light)
     with open(os.path.join(target, INFO_FILE), "w") as f:
         f.write(json.dumps(info, indent=4, sort_keys=True))
 

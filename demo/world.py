@@ -272,6 +272,8 @@ class DemoSpec:
     n_train: int = 24
     n_val: int = 8
     n_test: int = 20
+    # R, G, B gains of the illuminant (jittered per image); None renders the same images in neutral light.
+    light: tuple[float, float, float] | None = DATASET_LIGHT
 
     @property
     def classes(self) -> list[DemoClass]:

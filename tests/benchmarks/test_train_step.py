@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from benchmarks import train_step
+from engine.errors import ConfigValueError
 from tests.conftest import REPO_ROOT
 
 REQUIRED = ("trainer", "median_step_s", "peak_memory_mb", "trainable_params", "flops_per_step",
@@ -53,12 +54,14 @@ def test_numbers_are_consistent_across_trainers(records):
     assert skip["flops_per_step"] < ft["flops_per_step"]
     assert skip["cache_flops_per_batch"] > 0 and skip["median_step_incl_cache_s"] > skip["median_step_s"]
     assert 1 <= skip["classes_per_step"] <= 8
+    # LSkip freezes half of the tiny geometry's 2 blocks (6 of 12 on ViT-B/16).
+    assert skip["skip_start_layer"] == train_step.GEOMETRIES["tiny"]["transformer_layers"] // 2
 
 
 def test_table_and_bad_arguments(records, capsys):
     table = train_step.format_table(list(records.values()))
     assert table.splitlines()[0].startswith("trainer") and len(table.splitlines()) == 2 + 4
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigValueError, match="'NoSuchTrainer'"):
         train_step.main(["--trainer", "NoSuchTrainer", *TINY])
 
 

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -127,3 +128,22 @@ def test_png_encoding_has_no_metadata():
         chunks.append(head[4:].decode())
         stream.read(length + 4)
     assert chunks == ["IHDR", "IDAT", "IEND"]
+
+
+def test_a_spec_without_light_writes_the_same_images_in_neutral_light(tmp_path):
+    # A tiny variant (8 classes x 2 images) of DemoSymbols: its images under the warm light and without it.
+    warm = make_data.DemoSpec("DemoSymbols", "demo_symbols", ("heart",), "filled", n_train=1, n_val=0, n_test=1)
+    neutral = replace(warm, light=None)
+    warm_dir = write_dataset(warm, str(tmp_path / "warm"))
+    neutral_dir = write_dataset(neutral, str(tmp_path / "neutral"))
+    for label, klass in enumerate(neutral.classes):
+        rel = os.path.join("images", klass.name, f"{klass.name}_0001.png")
+        expected = world.render_class_image("demo_symbols", neutral.classes, label, 1, "filled", light=None)
+        assert (tmp_path / "neutral" / "demo_symbols" / rel).read_bytes() == make_data._png_bytes(expected)
+        # The light scales the channels of otherwise identical images, so the two files differ.
+        assert (tmp_path / "warm" / "demo_symbols" / rel).read_bytes() != make_data._png_bytes(expected)
+    # The split files are the same; only the variant's info file names its light.
+    split = "split_DemoSymbols.json"
+    assert open(os.path.join(warm_dir, split)).read() == open(os.path.join(neutral_dir, split)).read()
+    assert "light" not in json.loads(open(os.path.join(warm_dir, make_data.INFO_FILE)).read())
+    assert json.loads(open(os.path.join(neutral_dir, make_data.INFO_FILE)).read())["light"] is None
