@@ -618,7 +618,7 @@ def render_cost_benchmark(record: BenchmarkRecord, prov: Provenance) -> str:
             f"{skip['cache_s_per_batch']:.2f} s and {skip['cache_flops_per_batch'] / 1e9:.1f} GFLOPs per batch of "
             f"{skip['batch']} images, which gives {skip['median_step_incl_cache_s']:.2f} s per step including the "
             f"cache. Trainable parameters: {skip['trainable_params']:,} for Skip Tuning with "
-            f"ω = {skip['skip_start_layer']}" + (f", {ft['trainable_params']:,} for FT-CLIP." if ft else ".")
+            f"ω = {skip['trainer_cfg']['SKIP']['START_LAYER']}" + (f", {ft['trainable_params']:,} for FT-CLIP." if ft else ".")
         ))
     if skip and ft:
         parts.append(paragraph(

@@ -53,7 +53,18 @@ def test_unknown_trainer_key_in_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("TRAINER:\n  COOP:\n    N_CTXX: 4\n")
     with pytest.raises(KeyError, match=r"TRAINER\.COOP\.N_CTXX.*bad\.yaml.*TRAINER\.COOP\.N_CTX"):
-        train.setup_cfg(parse("--config-file", str(bad)))
+        train.setup_cfg(parse("--trainer", "CoOp", "--config-file", str(bad)))
+
+
+def test_only_the_chosen_trainer_extends_the_config_and_others_keys_are_skipped(tmp_path):
+    shared = tmp_path / "shared.yaml"  # CoOp's configs also serve zero-shot CLIP, as in the original
+    shared.write_text("OPTIM:\n  LR: 0.5\nTRAINER:\n  COOP:\n    N_CTX: 4\n  ZSCLIP:\n    PREC: fp32\n")
+    resolved = train.resolve_cfg(parse("--trainer", "ZeroshotCLIP", "--config-file", str(shared)))
+    assert set(resolved.cfg.TRAINER) == {"NAME", "ZSCLIP"} and resolved.cfg.TRAINER.ZSCLIP.PREC == "fp32"
+    assert resolved.cfg.OPTIM.LR == 0.5
+    assert any("TRAINER.COOP" in note and "shared.yaml" in note for note in resolved.notes)
+    coop = train.setup_cfg(parse("--trainer", "CoOp", "--config-file", str(shared), "TRAINER.ZSCLIP.PREC", "fp16"))
+    assert set(coop.TRAINER) == {"NAME", "COOP"} and coop.TRAINER.COOP.N_CTX == 4
 
 
 def test_unknown_trainer_suggests_the_closest_name(caltech_root, tiny_clip_path, tmp_path):
@@ -77,15 +88,19 @@ def test_missing_dataset_folder_says_where_and_how_to_fix(tiny_clip_path, tmp_pa
         ])
 
 
-def test_input_size_must_match_the_clip_resolution(caltech_root, tiny_clip_path, tmp_path):
-    with pytest.raises(ValueError, match=r"INPUT\.SIZE \(224, 224\).*resolution 32.*INPUT\.SIZE \(32, 32\)"):
-        run_train([
-            "--root", str(caltech_root), "--trainer", "ZeroshotCLIP", "--eval-only",
-            "--dataset-config-file", config_path("datasets", "caltech101.yaml"),
-            "--config-file", config_path("trainers", "CoOp", "vit_b16.yaml"),
-            "--output-dir", str(tmp_path), "MODEL.BACKBONE.NAME", str(tiny_clip_path),
-            "DATALOADER.NUM_WORKERS", "0",
-        ])
+def test_an_input_size_the_backbone_cannot_take_is_replaced_with_a_warning(caltech_root, tiny_clip_path, tmp_path):
+    # vit_b16.yaml sets INPUT.SIZE (224, 224); the tiny CLIP's positional embedding fixes 32 px.
+    record = run_train([
+        "--root", str(caltech_root), "--trainer", "ZeroshotCLIP", "--eval-only",
+        "--dataset-config-file", config_path("datasets", "caltech101.yaml"),
+        "--config-file", config_path("trainers", "CoOp", "vit_b16.yaml"),
+        "--output-dir", str(tmp_path), "MODEL.BACKBONE.NAME", str(tiny_clip_path),
+        "DATALOADER.NUM_WORKERS", "0", "TRAINER.ZSCLIP.PREC", "fp32",
+    ])
+    assert record["num_test"] == 12
+    log = (tmp_path / "log.txt").read_text()
+    assert "INPUT.SIZE (224, 224) is set by the configuration" in log and "using (32, 32)" in log
+    assert "SIZE:\n  - 32\n  - 32" in (tmp_path / "config.yaml").read_text()
 
 
 def test_config_yaml_holds_the_resolved_config(caltech_root, tiny_clip_path, tmp_path):

@@ -100,7 +100,7 @@ BENCH = [
     bench_record("ZeroshotCLIP", 0.5, 10.0, 50.0, 0),
     bench_record("FinetuneCLIP", 4.0, 2000.0, 600.0, 1234567),
     bench_record("SkipTuning", 1.6, 500.0, 200.0, 7654, cache_s_per_batch=0.25, cache_flops_per_batch=7e10,
-                 median_step_incl_cache_s=1.85, skip_start_layer=6),
+                 median_step_incl_cache_s=1.85, trainer_cfg={"SKIP": {"START_LAYER": 6}}),
 ]
 
 

@@ -21,11 +21,17 @@ TINY = ["--geometry", "tiny", "--image-size", "32", "--classes", "8", "--batch",
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = {}
-    for name in train_step.TRAINERS:
+    for name in train_step.trainer_names():
         path = tmp_path_factory.mktemp("bench") / f"{name}.json"
         train_step.main(["--trainer", name, "--json", str(path), *TINY])
         out[name] = json.loads(path.read_text())
     return out
+
+
+def test_every_registered_trainer_is_measured(records):
+    from engine import TRAINER_REGISTRY
+
+    assert sorted(records) == sorted(TRAINER_REGISTRY.registered_names())
 
 
 def test_json_contract(records):
@@ -54,13 +60,13 @@ def test_numbers_are_consistent_across_trainers(records):
     assert skip["flops_per_step"] < ft["flops_per_step"]
     assert skip["cache_flops_per_batch"] > 0 and skip["median_step_incl_cache_s"] > skip["median_step_s"]
     assert 1 <= skip["classes_per_step"] <= 8
-    # LSkip freezes half of the tiny geometry's 2 blocks (6 of 12 on ViT-B/16).
-    assert skip["skip_start_layer"] == train_step.GEOMETRIES["tiny"]["transformer_layers"] // 2
+    # Every trainer runs its own recipe: Skip Tuning's ω = 6 of the 12 blocks (the tiny geometry has ViT-B/16's depth).
+    assert skip["trainer_cfg"]["SKIP"]["START_LAYER"] == 6 and coop["trainer_cfg"]["COOP"]["N_CTX"] == 16
 
 
 def test_table_and_bad_arguments(records, capsys):
     table = train_step.format_table(list(records.values()))
-    assert table.splitlines()[0].startswith("trainer") and len(table.splitlines()) == 2 + 4
+    assert table.splitlines()[0].startswith("trainer") and len(table.splitlines()) == 2 + len(records)
     with pytest.raises(ConfigValueError, match="'NoSuchTrainer'"):
         train_step.main(["--trainer", "NoSuchTrainer", *TINY])
 
