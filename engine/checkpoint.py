@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from engine.errors import ConfigValueError, MissingFileError, UserError
-from engine.layout import BEST_CHECKPOINT_NAME, checkpoint_name
+from engine.layout import BEST_CHECKPOINT_NAME, POINTER_NAME, checkpoint_name
 from engine.utils import atomic_open, atomic_write_bytes, mkdir_if_missing
 
 __all__ = [
@@ -143,7 +143,7 @@ def save_checkpoint(
     logger.info(f"Checkpoint saved to {fpath}")
 
     # The pointer names the file just written (also when it is model-best.pth.tar).
-    atomic_write_bytes(os.path.join(save_dir, "checkpoint"), (os.path.basename(fpath) + "\n").encode("utf-8"))
+    atomic_write_bytes(os.path.join(save_dir, POINTER_NAME), (os.path.basename(fpath) + "\n").encode("utf-8"))
 
     if is_best:
         best_fpath = os.path.join(save_dir, BEST_CHECKPOINT_NAME)
@@ -236,7 +236,7 @@ def load_checkpoint(fpath: str | None) -> dict:
 
 
 def _read_pointer(fdir: str) -> str:
-    pointer = os.path.join(fdir, "checkpoint")
+    pointer = os.path.join(fdir, POINTER_NAME)
     if not os.path.isfile(pointer):
         raise MissingFileError(
             f"No 'checkpoint' pointer file in {fdir} (files: {_checkpoint_like_files(fdir)}). "

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from engine.backbone import Preprocess
 from engine.checkpoint import load_checkpoint, save_checkpoint, write_loadable
 from engine.memory import memory_in_use_mb, peak_memory_mb, reset_peak_memory
-from engine.layout import BEST_CHECKPOINT_NAME, RESUME_POINT_NAME, checkpoint_name, parse_checkpoint_epoch
+from engine.layout import BEST_CHECKPOINT_NAME, POINTER_NAME, RESUME_POINT_NAME, checkpoint_name, parse_checkpoint_epoch
 from engine.data import DataManager
 from engine.errors import ConfigValueError, MissingFileError, UserError
 from engine.evaluation import build_evaluator
@@ -162,7 +162,7 @@ class TrainerBase:
         start_epoch = 0
         for name in names:
             fdir = os.path.join(directory, name)
-            with open(os.path.join(fdir, "checkpoint")) as f:
+            with open(os.path.join(fdir, POINTER_NAME)) as f:
                 fname = f.readline().strip()
             fpath = os.path.join(fdir, fname)
             logger.info("Resume %s from %s", name, fpath)
@@ -177,11 +177,11 @@ class TrainerBase:
     @staticmethod
     def _regular_checkpoint_epoch(directory: str, names: list[str]) -> int | None:
         """Finished epochs of the Dassl checkpoints all registered models point at (None: not all have one)."""
-        if not names or not all(os.path.isfile(os.path.join(directory, n, "checkpoint")) for n in names):
+        if not names or not all(os.path.isfile(os.path.join(directory, n, POINTER_NAME)) for n in names):
             return None
         epochs = []
         for name in names:
-            with open(os.path.join(directory, name, "checkpoint")) as f:
+            with open(os.path.join(directory, name, POINTER_NAME)) as f:
                 fname = f.readline().strip()
             parsed = parse_checkpoint_epoch(fname)
             if parsed is None:  # model-best.pth.tar: its epoch is inside

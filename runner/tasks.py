@@ -18,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from engine.layout import POINTER_NAME, checkpoint_name, parse_checkpoint_epoch
 from runner.config import Task, dataset_config_path, resolve_data_root, trainer_config_path
 
 logger = logging.getLogger(__name__)
@@ -138,18 +139,16 @@ def last_checkpoint_epoch(model_dir: str) -> int:
     if os.path.isdir(model_dir):
         for name in sorted(os.listdir(model_dir)):
             sub = os.path.join(model_dir, name)
-            pointer = os.path.join(sub, "checkpoint")
+            pointer = os.path.join(sub, POINTER_NAME)
             if os.path.isfile(pointer):
                 with open(pointer) as f:
-                    first = f.readline().strip()
-                if first.startswith("model.pth.tar-") and first.rsplit("-", 1)[1].isdigit():
-                    epochs.append(int(first.rsplit("-", 1)[1]))
+                    epoch = parse_checkpoint_epoch(f.readline().strip())
+                epochs += [epoch] if epoch is not None else []
             elif os.path.isdir(sub):
-                epochs += [int(f.rsplit("-", 1)[1]) for f in os.listdir(sub)
-                           if f.startswith("model.pth.tar-") and f.rsplit("-", 1)[1].isdigit()]
+                epochs += [e for e in map(parse_checkpoint_epoch, os.listdir(sub)) if e is not None]
     if not epochs:
         raise FileNotFoundError(
-            f"No checkpoint under {model_dir} (expected <model>/checkpoint or <model>/model.pth.tar-<epoch>). "
+            f"No checkpoint under {model_dir} (expected <model>/checkpoint or <model>/{checkpoint_name(0)[:-1]}<epoch>). "
             "Did its training job save one? Set train.loadep to a fixed epoch to load a specific one."
         )
     return max(epochs)
