@@ -161,6 +161,14 @@ class SkipModel(FinetuneModel):
 
     def prepare_training(self) -> None:
         self.cache_text()
+        self.ensure_keep_mask()
+
+    def ensure_keep_mask(self) -> None:
+        """Draw CSkip's keep-mask over similarity ranks, once per run."""
+        if self.skip_classes and self.keep_mask is None:
+            self.keep_mask = draw_keep_mask(self.num_classes, self.num_top, self.lam)
+            logger.info("CSkip: %d of %d classes per step (%d always kept)",
+                        int(self.keep_mask.sum()), self.num_classes, self.num_top)
 
     @torch.no_grad()
     def cache_text(self) -> None:
@@ -196,8 +204,7 @@ class SkipModel(FinetuneModel):
         hidden = self.drop_tokens(hidden.to(self.dtype), self.drop_ratio)
         image_features = visual.head(visual.run_blocks(hidden, start=self.start_layer))
         if self.skip_classes:
-            if self.keep_mask is None:
-                self.keep_mask = draw_keep_mask(self.num_classes, self.num_top, self.lam)
+            self.ensure_keep_mask()
             selected, labels = select_classes(image_features.detach(), self.class_prototypes, labels, self.keep_mask)
         else:
             selected = torch.arange(self.num_classes, device=labels.device)
@@ -307,12 +314,7 @@ class SkipTuning(FinetuneCLIP):
                     "one class" if single_class else "random classes")
 
     def before_train(self) -> None:
-        model = self.model
-        if model.skip_classes and model.keep_mask is None:
-            # Drawn before a resume restores the RNG, so a resumed run gets the same mask.
-            model.keep_mask = draw_keep_mask(model.num_classes, model.num_top, model.lam)
-            logger.info("CSkip: %d of %d classes per step (%d always kept)",
-                        int(model.keep_mask.sum()), model.num_classes, model.num_top)
+        self.model.ensure_keep_mask()  # before a resume restores the RNG, so a resumed run gets the same mask
         super().before_train()
         t0 = time.time()
         self.build_caches()
