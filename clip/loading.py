@@ -9,6 +9,7 @@ and DDP save them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -322,8 +323,16 @@ def preprocess_cfg(name_or_path: str) -> Dict[str, Any]:
     """
     if name_or_path in MODEL_RESOLUTIONS:
         return openai_preprocess_cfg(MODEL_RESOLUTIONS[name_or_path])
-    state_dict = load_state_dict(name_or_path)  # a local name or path: read, never downloaded
-    return openai_preprocess_cfg(infer_config(state_dict).image_resolution)
+    path = resolve_checkpoint(name_or_path)  # a local name or path: never downloaded
+    stat = os.stat(path)
+    return openai_preprocess_cfg(_file_resolution(path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _file_resolution(path: str, mtime_ns: int, size: int) -> int:
+    """The image resolution of a checkpoint file, read once per file version (checking a sweep asks
+    for it once per run; a ViT-B/16 file takes a second to read)."""
+    return infer_config(load_state_dict(path)).image_resolution
 
 
 def load(
