@@ -13,7 +13,8 @@ Each generated part of README.md sits between two marker comments, each on a lin
 
 Only the text between a block's markers changes; everything outside stays as it is. Each block
 ends with a line naming the command that produced it and the machine (CPU, cores, Python and torch
-versions, date, load average when it started). The markers are checked before anything is measured.
+versions, date, and how many cores other processes kept busy meanwhile: their work lengthens the
+times, not the accuracies). The markers are checked before anything is measured.
 
 Runs happen in-process through `train.main` (no interpreter start-up per run), with their outputs
 and the demo data in a temporary folder: nothing is written to ~/.cache, outputs/ or results/.
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -169,6 +170,43 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds every process on the machine has spent busy since boot (/proc/stat), or None."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = ticks
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its finished subprocesses (runs, benchmark workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def others_cores(machine_busy: float, own: float, wall: float) -> float:
+    """How many cores other processes kept busy on average: the machine's busy CPU time minus ours,
+    over the wall time (ours includes our subprocesses, so only other work remains)."""
+    return max(0.0, (machine_busy - own) / wall) if wall > 0 else 0.0
+
+
+class OtherWorkMeter:
+    """Measures the CPU other processes used while a block was measured (their work slows ours)."""
+
+    def __enter__(self) -> "OtherWorkMeter":
+        self.cores: float | None = None
+        self._start = (machine_busy_s(), own_cpu_s(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy0, own0, t0 = self._start
+        busy1 = machine_busy_s()
+        if busy0 is not None and busy1 is not None:
+            self.cores = others_cores(busy1 - busy0, own_cpu_s() - own0, time.perf_counter() - t0)
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Which command produced a block, and on what machine."""
@@ -179,22 +217,23 @@ class Provenance:
     python: str
     torch: str
     day: str
-    load: float | None  # 1-minute load average when the block started (other work on the cores)
+    others: float | None = None  # cores other processes kept busy on average while the block ran
 
     @classmethod
     def now(cls, block: str) -> "Provenance":
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         return cls(f"{COMMAND} --only {block} --write", cpu_model(), usable_cores(), platform.python_version(),
-                   torch.__version__, date.today().isoformat(), load)
+                   torch.__version__, date.today().isoformat())
 
     def line(self) -> str:
-        load = f", load average {self.load:.1f} when it started" if self.load is not None else ""
+        others = "" if self.others is None else (
+            f"; other processes kept {self.others:.1f} of the {self.cores} cores busy on average meanwhile")
         return paragraph(f"_Measured by `{self.command}` on {self.cpu} ({self.cores} cores), Python {self.python}, "
-                         f"torch {self.torch}, {self.day}{load}._")
+                         f"torch {self.torch}, {self.day}{others}._")
 
     def busy(self) -> bool:
-        """Other work on the cores: the block's times will be longer than on an idle machine."""
-        return self.load is not None and self.load > 0.5 * self.cores
+        """Other work shared the cores (more than a quarter of one): the block's times are longer than
+        on an idle machine."""
+        return self.others is not None and self.others > 0.25
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -277,8 +316,6 @@ class Workspace:
 
     def demo_root(self, dataset_dir: str, light: str) -> str:
         """The data root holding `dataset_dir` in the warm (standard) or neutral light, written if missing."""
-        from dataclasses import replace
-
         from demo.make_data import DEMO_DATASETS, write_dataset
 
         root = self.folder / f"data_{light}"
@@ -672,15 +709,16 @@ def regenerate(names: list[str], workspace: Workspace) -> list[BlockOutcome]:
     outcomes = []
     for name in names:
         block = BLOCKS[name]
-        prov = Provenance.now(name)
         print(f"[readme_numbers] {name}: {block.summary}", file=sys.stderr, flush=True)
-        if prov.busy():
-            print(f"[readme_numbers] warning: load average {prov.load:.1f} on {prov.cores} cores: other work is "
-                  "running, so the times measured now are longer than on an idle machine", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        record = block.measure(workspace)
+        with OtherWorkMeter() as others:
+            record = block.measure(workspace)
         wall = time.perf_counter() - start
+        prov = replace(Provenance.now(name), others=others.cores)
         print(f"[readme_numbers] {name}: measured in {wall:.0f} s", file=sys.stderr, flush=True)
+        if prov.busy():
+            print(f"[readme_numbers] warning: other processes kept {prov.others:.1f} of {prov.cores} cores busy "
+                  f"meanwhile: the times of {name} are longer than on an idle machine", file=sys.stderr, flush=True)
         outcomes.append(BlockOutcome(name, block.render(record, prov), wall, record))
     return outcomes
 

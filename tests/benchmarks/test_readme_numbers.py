@@ -214,8 +214,13 @@ def test_a_marker_quoted_inside_a_line_is_not_a_marker():
     assert set(rn.find_blocks(text)) == {"one", "two"}
 
 
-def test_a_busy_machine_is_noticed():
-    # Load above half the cores means other work shares them (the times of that block are longer).
-    assert rn.Provenance("c", "cpu", 2, "3", "t", "d", 1.5).busy()
-    assert not rn.Provenance("c", "cpu", 2, "3", "t", "d", 0.5).busy()
+def test_other_work_is_what_the_machine_did_besides_our_processes():
+    # 30 busy CPU-seconds on the machine in 20 s, 10 of them ours: others kept one core busy.
+    assert rn.others_cores(machine_busy=30.0, own=10.0, wall=20.0) == 1.0
+    assert rn.others_cores(machine_busy=9.0, own=10.0, wall=20.0) == 0.0  # clock-tick rounding, never negative
+    assert "other processes kept 1.0 of the 2 cores busy" in " ".join(
+        rn.Provenance("c", "cpu", 2, "3", "t", "d", 1.0).line().split())
+    # More than a quarter of a core of other work counts as a busy machine (its times are inflated).
+    assert rn.Provenance("c", "cpu", 2, "3", "t", "d", 0.3).busy()
+    assert not rn.Provenance("c", "cpu", 2, "3", "t", "d", 0.1).busy()
     assert not rn.Provenance("c", "cpu", 2, "3", "t", "d", None).busy()
