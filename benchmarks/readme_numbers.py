@@ -744,7 +744,7 @@ BLOCKS: dict[str, Block] = {b.name: b for b in (
           measure_demo_coop, render_demo_coop),
     Block("cost_benchmark", "benchmarks.train_step on the ViT-B/16 geometry, every trainer (several minutes)",
           measure_cost_benchmark, render_cost_benchmark),
-    Block("cocoop_batching", "CoCoOp's batched text encoding vs the original's per-image loop, ViT-B/16 (~10 min)",
+    Block("cocoop_batching", "CoCoOp's batched text encoding vs the original's per-image loop, ViT-B/16 (~5 min)",
           measure_cocoop_batching, render_cocoop_batching),
 )}
 
