@@ -151,6 +151,13 @@ coop_xd = dict(train=dict(mode='xd', trainer='CoOp', cfg='vit_b16_ep100'), demo=
 coop_all = dict(train=dict(mode='all', trainer='CoOp', cfg='vit_b16_ep100'), grid_search=_shot_grid,
                 demo=dict(cfg='CoOp/demo'))
 
+# CoCoOp: the paper's config (vit_b16_c4_ep10_batch1_ctxv1) for every protocol, as the original scripts.
+_cocoop_demo = dict(cfg='CoCoOp/demo')
+cocoop = dict(train=dict(trainer='CoCoOp', cfg='vit_b16_c4_ep10_batch1_ctxv1'), demo=_cocoop_demo)
+cocoop_xd = dict(train=dict(mode='xd', trainer='CoCoOp', cfg='vit_b16_c4_ep10_batch1_ctxv1'), demo=_cocoop_demo)
+cocoop_all = dict(train=dict(mode='all', trainer='CoCoOp', cfg='vit_b16_c4_ep10_batch1_ctxv1'), grid_search=_shot_grid,
+                  demo=_cocoop_demo)
+
 # Zero-shot CLIP: evaluation only (base and new classes, xd targets, all classes).
 zsclip = dict(train=dict(trainer='ZeroshotCLIP', cfg='CoOp/vit_b16', eval_only=True), demo=dict(cfg='CoOp/demo'))
 zsclip_xd = dict(train=dict(mode='xd', trainer='ZeroshotCLIP', cfg='CoOp/vit_b16', eval_only=True),

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
 import clip
 from engine.errors import ConfigValueError
@@ -155,3 +158,57 @@ def text_features_from_hidden(
 ) -> torch.Tensor:
     """Projected text features from hidden states [N, L, W] entering block `start` (see `text_hidden_states`)."""
     return clip_model.text_features_from_hidden(hidden, eot_indices, start=start)
+
+
+# --- Many prompts through the text tower, in chunks that fit a memory budget (CoCoOp: B x C prompts) ---
+
+# Activation memory of the text tower per token and block, in units of width x bytes. With gradients,
+# CLIP's pre-LN block keeps about 14 widths per token for the backward (measured with saved-tensor
+# hooks: LayerNorm inputs and outputs, q/k/v, the attention output, the MLP's 4W hidden state before
+# and after QuickGELU); 16 leaves room for the backward's transient buffers. Without gradients only
+# one block's intermediates are alive at a time (the MLP's 2 x 4W hidden states and a few widths).
+TEXT_ACTIVATION_FACTOR = 16
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How N prompts are split: `size` prompts per chunk (the last may hold fewer), `count` chunks."""
+
+    size: int
+    count: int
+
+
+def text_chunk_plan(n_prompts: int, length: int, width: int, layers: int, bytes_per_value: int,
+                    budget_mb: float, with_grad: bool) -> ChunkPlan:
+    """Chunks whose activation estimate, n x length x width x bytes x TEXT_ACTIVATION_FACTOR x
+    (layers with gradients, 1 without), stays within `budget_mb` (at least one prompt per chunk)."""
+    per_prompt = length * width * bytes_per_value * TEXT_ACTIVATION_FACTOR * (layers if with_grad else 1)
+    size = max(1, min(n_prompts, int(budget_mb * 2**20 // per_prompt)))
+    return ChunkPlan(size, math.ceil(n_prompts / size))
+
+
+def encode_prompt_embeddings(clip_model: nn.Module, prompts: torch.Tensor, eot_indices: torch.Tensor,
+                             budget_mb: float) -> torch.Tensor:
+    """Text features [N, D] of prompt embeddings [N, L, W], in chunks within `budget_mb` of activations.
+
+    Same arithmetic per prompt as `CLIP.encode_text_embeddings` (which cuts the sequences after the
+    last EOT in fp32). When gradients flow, each chunk is recomputed during the backward pass
+    (activation checkpointing), so only one chunk's activations are held at a time; one chunk costs
+    nothing extra.
+    """
+    with_grad = torch.is_grad_enabled() and prompts.requires_grad
+    length = int(eot_indices.max()) + 1 if clip_model.dtype == torch.float32 else prompts.shape[1]
+    text = clip_model.transformer
+    plan = text_chunk_plan(prompts.shape[0], length, text.width, text.layers, prompts.element_size(), budget_mb,
+                           with_grad)
+    if plan.count == 1:
+        return clip_model.encode_text_embeddings(prompts, eot_indices)
+    features = []
+    for start in range(0, prompts.shape[0], plan.size):
+        chunk, eot = prompts[start:start + plan.size], eot_indices[start:start + plan.size]
+        if with_grad:
+            features.append(torch.utils.checkpoint.checkpoint(
+                clip_model.encode_text_embeddings, chunk, eot, use_reentrant=False))
+        else:
+            features.append(clip_model.encode_text_embeddings(chunk, eot))
+    return torch.cat(features)

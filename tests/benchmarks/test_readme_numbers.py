@@ -180,12 +180,44 @@ def test_digits_and_quick_start_quote_their_records():
     assert "(3 datasets x 2 seeds" in quick and "9 `train.py` runs" in quick and "it took 77 s" in quick
 
 
+def batching_result(variant: str, calls: int, tokens: int, diff: float, step_s: float, step_mb: float,
+                    eval_s: float, loop_step_s: float, loop_eval_s: float) -> dict:
+    return {"variant": variant, "text_calls_per_step": calls, "tokens_per_prompt": tokens, "max_abs_logit_diff": diff,
+            "median_step_s": step_s, "step_s_per_image": step_s / 4, "step_memory_mb": step_mb,
+            "peak_memory_mb": 2000.0 + step_mb, "median_eval_s": eval_s, "speedup_step": loop_step_s / step_s,
+            "speedup_eval": loop_eval_s / eval_s}
+
+
+BATCHING = rn.BatchingRecord({
+    "results": [batching_result("batched", 1, 11, 2e-5, 8.0, 1500.0, 2.0, 60.0, 20.0),
+                batching_result("batched, chunks <= 256 MB", 14, 11, 3e-5, 12.0, 300.0, 2.5, 60.0, 20.0),
+                batching_result("per-image loop (original)", 4, 77, 0.0, 60.0, 9000.0, 20.0, 60.0, 20.0)],
+    "logit_tolerance": 0.5, "batch": 4, "classes": 100, "image_size": 224, "steps": 2, "device": "cpu",
+    "precision": "fp32", "geometry": "vit_b16", "chunk_mb": 256.0, "memory_kind": "cpu_peak_rss", "torch": "9.9.9",
+    "threads": 2,
+}, ("--batch", "4"))
+
+
+def test_cocoop_batching_block_quotes_the_record():
+    text = rn.render_cocoop_batching(BATCHING, PROV)
+    flat = " ".join(text.split())
+    assert "Command: `python -m benchmarks.cocoop_batching --batch 4`." in text
+    assert "ViT-B/16 geometry (random weights), fp32, batch 4, 100 classes, 224 px, 2 timed steps" in flat
+    rows = table_rows(rn.batching_table(BATCHING.record["results"]))
+    assert rows[0][:3] == ["variant", "text calls / step", "tokens / prompt"]
+    assert rows[2] == ["batched", "1", "11", "2.0e-05", "8.00", "2.00", f"{60 / 8:.1f}", "1500", "2.00",
+                       f"{20 / 2:.1f}"]
+    assert f"takes {60 / 8:.1f}× less time per image than the per-image loop and {9000 / 1500:.1f}× less step" in flat
+    assert f"Chunks of at most 256 MB take {1500 / 300:.1f}× less step memory than one call, for {12 / 8:.1f}×" in flat
+
+
 FAKE = {
     "quick_start": rn.QuickStartRecord(60.0, 8, ["a", "b"], [1, 2]),
     "demo_digits": rn.DigitsRecord(100, run(10.0), run(10.0)),
     "demo_zero_shot": rn.ZeroShotRecord([rn.ZeroShotRow("A", run(1.0), run(2.0))], (1.0, 1.0, 1.0)),
     "demo_coop": rn.CoopRecord(rn.CoopSettings(1, 1, 1, 0.1, 1, "SGD", "a", "fp32"), *(run(1.0),) * 5, 1.0, 1.0),
     "cost_benchmark": rn.BenchmarkRecord(BENCH, ("--trainer", "all")),
+    "cocoop_batching": BATCHING,
 }
 
 

@@ -19,7 +19,8 @@ def test_shipped_configs_build_every_task():
     module = load_sweep_module()
     tasks = build(module.base, {n: getattr(module, n) for n in
                                 ["skip_tuning", "skip_tuning_xd", "skip_tuning_all", "skip_tuning_layer",
-                                 "skip_tuning_top", "skip_tuning_lambda", "ft_clip", "ft_clip_xd", "coop", "zsclip"]})
+                                 "skip_tuning_top", "skip_tuning_lambda", "ft_clip", "ft_clip_xd", "coop", "zsclip",
+                                 "cocoop", "cocoop_xd", "cocoop_all"]})
     assert {t.name for t in tasks} >= {"skip_tuning", "zsclip"}
     assert module.pipeline[0]["tasks"] == ["skip_tuning", "skip_tuning_xd", "skip_tuning_all"]
 

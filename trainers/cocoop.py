@@ -1,0 +1,112 @@
+"""CoCoOp: Conditional Context Optimization (Zhou et al., "Conditional Prompt Learning for
+Vision-Language Models", CVPR 2022).
+
+CoOp's shared context, shifted per image: a meta-net (Linear vis_dim -> vis_dim/16, ReLU, Linear ->
+ctx_dim) maps each image's L2-normalised feature to one vector added to every context token, so
+each image has its own prompts for all classes and its own class text features [B, C, D].
+Checkpoints hold `ctx`, `meta_net.linear{1,2}.*`, `token_prefix`, `token_suffix` under
+`prompt_learner/`, as the original's.
+
+The original encodes the C prompts of each image in a Python loop over the batch, 77 tokens each.
+Here the B x C prompts go through the text tower in one call, cut after the last EOT in fp32
+(exact), and in chunks within `TRAINER.COCOOP.TEXT_CHUNK_MB` of activation memory (ours).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+from engine import TRAINER_REGISTRY
+from engine.config import CfgNode as CN
+from engine.errors import ConfigValueError
+from trainers.base import ClipMethod, MethodModel
+from trainers.common import encode_prompt_embeddings
+from trainers.prompts import ClassPrompts, initial_context
+
+logger = logging.getLogger(__name__)
+
+
+class PromptLearner(ClassPrompts):
+    """A shared context `ctx` [n_ctx, W] and the meta-net that shifts it per image."""
+
+    def __init__(self, clip_model: nn.Module, classnames: list[str], n_ctx: int = 16, ctx_init: str = "") -> None:
+        context = initial_context(clip_model, n_ctx, ctx_init)  # drawn before the meta-net, as the original
+        logger.info('Initial context: "%s" (%d context words)', context.prefix_text, context.n_ctx)
+        super().__init__(clip_model, classnames, context.n_ctx, context.prefix_text)
+        self.ctx = nn.Parameter(context.vectors)
+        vis_dim, ctx_dim = clip_model.visual.output_dim, context.vectors.shape[-1]
+        self.meta_net = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
+            ("relu", nn.ReLU(inplace=True)),
+            ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
+        ])).to(clip_model.dtype)  # fp16 under PREC fp16, as the original's .half()
+
+    def context_per_image(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Context [B, n_ctx, W]: `ctx` plus the meta-net's bias of each (normalised) image feature."""
+        return self.ctx.unsqueeze(0) + self.meta_net(image_features).unsqueeze(1)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Prompt token embeddings [B, n_cls, context_length, width] (without positional embedding)."""
+        return self.assemble_per_image(self.context_per_image(image_features))
+
+
+class CoCoOpModel(MethodModel):
+    """Frozen CLIP + CoCoOp's prompt learner; class text features per image [B, C, D]."""
+
+    text_depends_on_image = True
+    autocast_at_test = False  # the original evaluates amp runs without autocast
+
+    def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner, text_chunk_mb: float) -> None:
+        super().__init__(clip_model)
+        self.prompt_learner = prompt_learner
+        self.text_chunk_mb = text_chunk_mb
+
+    def learnable_modules(self) -> dict[str, nn.Module]:
+        return {"prompt_learner": self.prompt_learner}
+
+    def checkpoint_skip_patterns(self) -> tuple[str, ...]:
+        return ("token_prefix", "token_suffix")  # rebuilt for the current classes (base -> new, other datasets)
+
+    def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        if image_features is None:
+            raise ValueError("CoCoOp's class text features depend on the image: pass the image features.")
+        # The meta-net reads the L2-normalised image features, as the original.
+        normalised = image_features / image_features.norm(dim=-1, keepdim=True)
+        prompts = self.prompt_learner(normalised)  # [B, C, L, W]
+        batch, n_cls = prompts.shape[:2]
+        eot_indices = self.prompt_learner.eot_indices.repeat(batch)
+        features = encode_prompt_embeddings(self.clip_model, prompts.flatten(0, 1), eot_indices, self.text_chunk_mb)
+        return features.view(batch, n_cls, -1)
+
+
+@TRAINER_REGISTRY.register()
+class CoCoOp(ClipMethod):
+    precision_key = "TRAINER.COCOOP.PREC"
+    recipe = "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1"
+
+    @staticmethod
+    def extend_cfg(cfg) -> None:
+        cfg.TRAINER.COCOOP = CN()
+        cfg.TRAINER.COCOOP.N_CTX = 16  # number of context vectors (ignored when CTX_INIT is set)
+        cfg.TRAINER.COCOOP.CTX_INIT = ""  # e.g. "a photo of a"
+        cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp
+        # Ours: activation memory (MB) of one text-tower call; B x C prompts are split into chunks within it.
+        cfg.TRAINER.COCOOP.TEXT_CHUNK_MB = 8192
+
+    @classmethod
+    def check_cfg(cls, cfg) -> None:
+        super().check_cfg(cfg)
+        if not cfg.TRAINER.COCOOP.TEXT_CHUNK_MB > 0:
+            raise ConfigValueError(
+                f"TRAINER.COCOOP.TEXT_CHUNK_MB must be a positive number of megabytes, got "
+                f"{cfg.TRAINER.COCOOP.TEXT_CHUNK_MB}"
+            )
+
+    def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:
+        opts = self.cfg.TRAINER.COCOOP
+        logger.info("Building custom CLIP")
+        prompt_learner = PromptLearner(clip_model, classnames, opts.N_CTX, opts.CTX_INIT)
+        return CoCoOpModel(clip_model, prompt_learner, opts.TEXT_CHUNK_MB)
