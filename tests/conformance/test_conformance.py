@@ -16,18 +16,21 @@ from tests.conformance.compare import DEFAULT_TOL, compare_predictions
 from tests.conformance.helpers import HERE, fill_argv, load_meta, run_train_inprocess, sha256_file
 
 GOLDEN = HERE / "golden"
-CASES = [("zsclip", "zeroshot"), ("coop", "train")]
+CASES = [("zsclip", "zeroshot"), ("coop", "train"), ("kgcoop", "train"), ("kgcoop", "test_new")]
+# Methods whose golden logits come from the original's own checkpoint, shipped under golden/<m>/model.
+CHECKPOINTS = ["coop", "kgcoop"]
 
 
 # ---- the shipped data and the comparison helper (fast)
 
-def test_shipped_checkpoint_is_the_originals() -> None:
-    meta = load_meta("coop")
+@pytest.mark.parametrize("method", CHECKPOINTS)
+def test_shipped_checkpoint_is_the_originals(method: str) -> None:
+    meta = load_meta(method)
     for rel, info in meta["checkpoint"]["original_files"].items():
-        path = GOLDEN / "coop" / "model" / rel
+        path = GOLDEN / method / "model" / rel
         assert path.stat().st_size == info["bytes"]
         assert sha256_file(path) == info["sha256"]
-    assert (GOLDEN / "coop" / "model" / "prompt_learner" / "checkpoint").read_text().strip() == "model.pth.tar-2"
+    assert (GOLDEN / method / "model" / "prompt_learner" / "checkpoint").read_text().strip() == "model.pth.tar-2"
 
 
 @pytest.mark.parametrize("method,phase", CASES)
@@ -37,12 +40,17 @@ def test_check_argv_is_the_originals_plus_eval_flags(method: str, phase: str) ->
     argv, check = entry["argv"], entry["check_argv"]
     assert check[-4:] == ["MODEL.BACKBONE.NAME", "$CONFORMANCE_DATA/clip/ViT-B-16_random_seed0_r112.pt",
                           "TEST.SAVE_PREDICTIONS", "True"]
-    stripped = list(check[:-4])
-    if method == "coop":
+    stripped, argv = list(check[:-4]), list(argv)
+    if "--model-dir" in stripped:
         i = stripped.index("--eval-only")
-        assert stripped[i:i + 5] == ["--eval-only", "--model-dir", "$CONFORMANCE_KIT/golden/coop/model",
+        assert stripped[i:i + 5] == ["--eval-only", "--model-dir", f"$CONFORMANCE_KIT/golden/{method}/model",
                                      "--load-epoch", "2"]
         del stripped[i:i + 5]
+    if "--model-dir" in argv:
+        # The original's --eval-only run on the new classes loaded its own training run's output.
+        i = argv.index("--model-dir")
+        assert argv[i:i + 5] == ["--model-dir", "$MODEL_DIR", "--load-epoch", "2", "--eval-only"]
+        del argv[i:i + 5]
     assert stripped == argv
 
 
