@@ -158,6 +158,15 @@ cocoop_xd = dict(train=dict(mode='xd', trainer='CoCoOp', cfg='vit_b16_c4_ep10_ba
 cocoop_all = dict(train=dict(mode='all', trainer='CoCoOp', cfg='vit_b16_c4_ep10_batch1_ctxv1'), grid_search=_shot_grid,
                   demo=_cocoop_demo)
 
+# KgCoOp: the original scripts' settings (TRAINER.COOP.W 8.0: the key's default is 1.0).
+_kgcoop_opts = ['TRAINER.COOP.N_CTX', 4, 'TRAINER.COOP.CSC', False, 'TRAINER.COOP.W', 8.0,
+                'TRAINER.COOP.CLASS_TOKEN_POSITION', 'end']
+kgcoop = dict(train=dict(trainer='KgCoOp', cfg='vit_b16_ep100_ctxv1', opts=_kgcoop_opts), demo=dict(cfg='KgCoOp/demo'))
+kgcoop_xd = dict(train=dict(mode='xd', trainer='KgCoOp', cfg='vit_b16_ep100_ctxv1', opts=_kgcoop_opts),
+                 demo=dict(cfg='KgCoOp/demo'))
+kgcoop_all = dict(train=dict(mode='all', trainer='KgCoOp', cfg='vit_b16_ep100_ctxv1', opts=_kgcoop_opts),
+                  grid_search=_shot_grid, demo=dict(cfg='KgCoOp/demo'))
+
 # Zero-shot CLIP: evaluation only (base and new classes, xd targets, all classes).
 zsclip = dict(train=dict(trainer='ZeroshotCLIP', cfg='CoOp/vit_b16', eval_only=True), demo=dict(cfg='CoOp/demo'))
 zsclip_xd = dict(train=dict(mode='xd', trainer='ZeroshotCLIP', cfg='CoOp/vit_b16', eval_only=True),

@@ -23,15 +23,15 @@ PYTHON="${PYTHON:-python}"
 use_world() {
     local task=$1 cfg=$2 asked=$3
     shift 3
-    if [[ -n "${DATA:-}" ]]; then
-        ROOT_ARGS=(--root "$DATA") DS=$asked XD_SRC=${XD_SOURCE:-imagenet} RUN_CFG=$cfg WORLD_OPTS=()
-        OUT_ROOT=${OUTPUT:-outputs} DEMO_NOTE=""
-        return
-    fi
     local settings  # WORLD_DEMO, WORLD_ROOT, WORLD_DATASET, WORLD_XD_SOURCE, WORLD_CFG, WORLD_OPTS, WORLD_OUTPUT, WORLD_NOTE
     settings=$(cd "$REPO" && "$PYTHON" -m runner.script_settings "$task" --dataset "$asked" \
                --xd-source "${XD_SOURCE:-}" -- "$@")
     eval "$settings"
+    if [[ -n "${DATA:-}" ]]; then  # $DATA as given; the task's opts (WORLD_OPTS) apply, as in the runner
+        ROOT_ARGS=(--root "$DATA") DS=$asked XD_SRC=${XD_SOURCE:-imagenet} RUN_CFG=$cfg
+        OUT_ROOT=${OUTPUT:-outputs} DEMO_NOTE=""
+        return
+    fi
     if [[ "$WORLD_DEMO" == 1 ]]; then ROOT_ARGS=(); else ROOT_ARGS=(--root "$WORLD_ROOT"); fi
     DS=$WORLD_DATASET XD_SRC=$WORLD_XD_SOURCE RUN_CFG=$WORLD_CFG OUT_ROOT=${OUTPUT:-$WORLD_OUTPUT} DEMO_NOTE=$WORLD_NOTE
 }

@@ -3,3 +3,4 @@ from trainers import coop, zsclip  # noqa: F401
 from trainers import cocoop  # noqa: F401  (CoCoOp)
 from trainers import finetune  # noqa: F401  (FinetuneCLIP)
 from trainers import skip_tuning  # noqa: F401  (SkipTuning)
+from trainers import kgcoop  # noqa: F401  (KgCoOp)

@@ -16,14 +16,15 @@ from tests.conformance.compare import DEFAULT_TOL, compare_predictions
 from tests.conformance.helpers import HERE, fill_argv, load_meta, run_train_inprocess, sha256_file
 
 GOLDEN = HERE / "golden"
-CASES = [("zsclip", "zeroshot"), ("coop", "train"), ("cocoop", "train"), ("cocoop", "test_new")]
-# Methods evaluated from the original's own checkpoint (golden/<method>/model).
-FROM_CHECKPOINT = ["coop", "cocoop"]
+CASES = [("zsclip", "zeroshot"), ("coop", "train"), ("cocoop", "train"), ("cocoop", "test_new"),
+         ("kgcoop", "train"), ("kgcoop", "test_new")]
+# Methods whose golden logits come from the original's own checkpoint, shipped under golden/<m>/model.
+CHECKPOINTS = ["coop", "cocoop", "kgcoop"]
 
 
 # ---- the shipped data and the comparison helper (fast)
 
-@pytest.mark.parametrize("method", FROM_CHECKPOINT)
+@pytest.mark.parametrize("method", CHECKPOINTS)
 def test_shipped_checkpoint_is_the_originals(method: str) -> None:
     meta = load_meta(method)
     for rel, info in meta["checkpoint"]["original_files"].items():
@@ -40,16 +41,14 @@ def test_check_argv_is_the_originals_plus_eval_flags(method: str, phase: str) ->
     argv, check = entry["argv"], entry["check_argv"]
     assert check[-4:] == ["MODEL.BACKBONE.NAME", "$CONFORMANCE_DATA/clip/ViT-B-16_random_seed0_r112.pt",
                           "TEST.SAVE_PREDICTIONS", "True"]
-    stripped = list(check[:-4])
-    if method in FROM_CHECKPOINT:
+    stripped, argv = list(check[:-4]), list(argv)
+    if "--model-dir" in stripped:
         i = stripped.index("--eval-only")
         assert stripped[i:i + 5] == ["--eval-only", "--model-dir", f"$CONFORMANCE_KIT/golden/{method}/model",
                                      "--load-epoch", "2"]
         del stripped[i:i + 5]
-    if phase == "test_new":
-        # The original's new-class run already evaluates the training run's model ($MODEL_DIR, shipped
-        # as golden/<method>/model): the same flags, in another order.
-        argv = list(argv)
+    if "--model-dir" in argv:
+        # The original's --eval-only run on the new classes loaded its own training run's output.
         i = argv.index("--model-dir")
         assert argv[i:i + 5] == ["--model-dir", "$MODEL_DIR", "--load-epoch", "2", "--eval-only"]
         del argv[i:i + 5]
