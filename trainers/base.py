@@ -41,7 +41,7 @@ from engine.evaluation import compute_accuracy
 from engine.optim import build_lr_scheduler, build_optimizer
 from trainers.common import PRECISIONS, autocast_context, cosine_logits, load_clip, make_grad_scaler
 
-__all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "StepOutput", "staged_param_groups"]
+__all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "PromptLearnerModel", "StepOutput", "staged_param_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,21 @@ class MethodModel(nn.Module):
         features = self.features(inputs)
         logits = self.logits(features)
         return StepOutput(self.loss(features, logits, labels), logits, labels)
+
+
+class PromptLearnerModel(MethodModel):
+    """Frozen CLIP + a prompt learner saved as ``prompt_learner/`` (CoOp's layout), whose class-name
+    buffers are rebuilt for the current classes on load (base -> new, other datasets)."""
+
+    def __init__(self, clip_model: nn.Module, prompt_learner: nn.Module) -> None:
+        super().__init__(clip_model)
+        self.prompt_learner = prompt_learner
+
+    def learnable_modules(self) -> dict[str, nn.Module]:
+        return {"prompt_learner": self.prompt_learner}
+
+    def checkpoint_skip_patterns(self) -> tuple[str, ...]:
+        return ("token_prefix", "token_suffix")
 
 
 def staged_param_groups(named: list[tuple[str, nn.Parameter]], optim_cfg: Any, new_lr: float) -> list[dict]:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
-from trainers.base import ClipMethod, MethodModel
+from trainers.base import ClipMethod, MethodModel, PromptLearnerModel
 from trainers.common import encode_prompt_embeddings
 from trainers.prompts import ClassPrompts, initial_context
 
@@ -53,22 +53,15 @@ class PromptLearner(ClassPrompts):
         return self.assemble_per_image(self.context_per_image(image_features))
 
 
-class CoCoOpModel(MethodModel):
+class CoCoOpModel(PromptLearnerModel):
     """Frozen CLIP + CoCoOp's prompt learner; class text features per image [B, C, D]."""
 
     text_depends_on_image = True
     autocast_at_test = False  # the original evaluates amp runs without autocast
 
     def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner, text_chunk_mb: float) -> None:
-        super().__init__(clip_model)
-        self.prompt_learner = prompt_learner
+        super().__init__(clip_model, prompt_learner)
         self.text_chunk_mb = text_chunk_mb
-
-    def learnable_modules(self) -> dict[str, nn.Module]:
-        return {"prompt_learner": self.prompt_learner}
-
-    def checkpoint_skip_patterns(self) -> tuple[str, ...]:
-        return ("token_prefix", "token_suffix")  # rebuilt for the current classes (base -> new, other datasets)
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         if image_features is None:

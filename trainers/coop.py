@@ -15,7 +15,7 @@ import torch.nn as nn
 from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
-from trainers.base import ClipMethod, MethodModel
+from trainers.base import ClipMethod, MethodModel, PromptLearnerModel
 from trainers.prompts import CLASS_TOKEN_POSITIONS, ClassPrompts, initial_context
 
 logger = logging.getLogger(__name__)
@@ -38,20 +38,10 @@ class PromptLearner(ClassPrompts):
         return self.assemble(self.ctx)
 
 
-class CoOpModel(MethodModel):
+class CoOpModel(PromptLearnerModel):
     """Frozen CLIP + CoOp's prompt learner."""
 
     autocast_at_test = False  # the original evaluates amp runs without autocast
-
-    def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner) -> None:
-        super().__init__(clip_model)
-        self.prompt_learner = prompt_learner
-
-    def learnable_modules(self) -> dict[str, nn.Module]:
-        return {"prompt_learner": self.prompt_learner}
-
-    def checkpoint_skip_patterns(self) -> tuple[str, ...]:
-        return ("token_prefix", "token_suffix")  # rebuilt for the current classes (base -> new, other datasets)
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.clip_model.encode_text_embeddings(self.prompt_learner(), self.prompt_learner.eot_indices)
