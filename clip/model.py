@@ -14,6 +14,8 @@ Extension points for prompt-learning methods (nobody needs to fork this file):
 * ``CLIP.encode_text_embeddings`` encodes token *embeddings* (learned context).
 * ``VisionTransformer.embed / run_blocks / head`` split the image forward so
   prompts can be appended and hidden states cached (Skip Tuning).
+* ``CLIP.encode_image(image, prompts=, layer_prompts=)`` takes shallow and deep
+  vision prompts (MaPLe, PromptSRC) in one call.
 """
 
 from __future__ import annotations
@@ -452,8 +454,23 @@ class CLIP(nn.Module):
             raise ValueError(f"Text length {length} exceeds the model's context length {self.context_length}.")
         return self.attn_mask[:length, :length]
 
-    def encode_image(self, image: Tensor) -> Tensor:
-        return self.visual(image.to(self.dtype))
+    def encode_image(
+        self,
+        image: Tensor,
+        *,
+        prompts: Optional[Tensor] = None,
+        layer_prompts: Optional[Mapping[int, Tensor]] = None,
+    ) -> Tensor:
+        """Image features; ``prompts`` ([n, W] or [N, n, W]) are appended before ``ln_pre`` and
+        ``layer_prompts`` replace the last n tokens before the given blocks (ViT only)."""
+        if prompts is None and layer_prompts is None:
+            return self.visual(image.to(self.dtype))
+        if not isinstance(self.visual, VisionTransformer):
+            raise ValueError(
+                "Vision prompts need a ViT image encoder; this CLIP has a ResNet. "
+                "Choose a ViT backbone (e.g. MODEL.BACKBONE.NAME ViT-B/16)."
+            )
+        return self.visual(image.to(self.dtype), prompts=prompts, layer_prompts=layer_prompts)
 
     def encode_text(self, text: Tensor) -> Tensor:
         """Features of token ids [N, L]; the EOT token (largest id) of each row is projected."""

@@ -228,3 +228,22 @@ def test_text_tower_split_at_any_block_equals_the_one_piece_forward(vit_model):
             hidden = vit_model.text_hidden_states(x, eot, end=k)
             assert hidden.shape[1] == int(eot.max()) + 1  # fp32: truncated
             assert torch.equal(vit_model.text_features_from_hidden(hidden, eot, start=k), full)
+
+
+def test_encode_image_takes_shallow_and_deep_vision_prompts(vit_model):
+    images = images_for(vit_model, 2)
+    width = vit_model.visual.width
+    shallow, deep = torch.randn(2, width), {1: torch.randn(2, width)}
+    with torch.no_grad():
+        got = vit_model.encode_image(images, prompts=shallow, layer_prompts=deep)
+        expected = vit_model.visual(images, prompts=shallow, layer_prompts=deep)
+        plain = vit_model.encode_image(images)
+    # The same module call on the same inputs: identical bits.
+    assert torch.equal(got, expected)
+    assert not torch.allclose(got, plain)  # the prompts reach the tower
+
+
+def test_encode_image_prompts_on_a_resnet_name_the_fix(rn_model):
+    images = images_for(rn_model, 1)
+    with pytest.raises(ValueError, match="need a ViT image encoder"):
+        rn_model.encode_image(images, prompts=torch.randn(2, 8))
