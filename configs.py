@@ -179,3 +179,13 @@ zsclip_all = dict(train=dict(mode='all', trainer='ZeroshotCLIP', cfg='CoOp/vit_b
 pipeline = [
     dict(gpu_ids=[0], tasks=['skip_tuning', 'skip_tuning_xd', 'skip_tuning_all']),
 ]
+
+# ---- MaPLe ----
+# The original's configs: base-to-new (and few-shot, which the original does not run) with
+# vit_b16_c2_ep5_batch4_2ctx, cross-dataset / DG with its _cross_datasets variant (depth 3, 2 epochs).
+_maple_demo = dict(cfg='MaPLe/demo')
+maple = dict(train=dict(trainer='MaPLe', cfg='vit_b16_c2_ep5_batch4_2ctx'), demo=_maple_demo)
+maple_xd = dict(train=dict(mode='xd', trainer='MaPLe', cfg='vit_b16_c2_ep5_batch4_2ctx_cross_datasets'), demo=_maple_demo)
+maple_all = dict(train=dict(mode='all', trainer='MaPLe', cfg='vit_b16_c2_ep5_batch4_2ctx'),
+                 grid_search=dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=[1, 2, 4, 8, 16])]),
+                 demo=_maple_demo)
