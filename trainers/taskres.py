@@ -171,7 +171,7 @@ class TaskRes(ClipMethod):
         if saved is None or saved.shape[0] == n_classes:
             return state
         source = source_classnames(getattr(self.dm.dataset, "dataset_dir", ""), saved.shape[0])
-        missing = [c for c in self.dm.dataset.classnames if c not in source]
+        missing = [c for c in self.dm.dataset.classnames if c not in source] if source is not None else []
         if source is None or missing:
             raise CheckpointMismatchError(
                 f"Checkpoint {fpath} holds a classifier for {saved.shape[0]} classes; {self.cfg.DATASET.NAME} has "
