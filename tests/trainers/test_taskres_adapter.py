@@ -17,7 +17,8 @@ from engine.errors import ConfigValueError, MissingFileError
 from engine.trainer import CheckpointMismatchError
 from tests.conftest import config_path
 from tests.factories.datasets import make_caltech101_tree
-from tests.tolerances import clip_image_relative_atol, clip_text_relative_atol, cosine_logit_atol
+from tests.tolerances import (FP16_UNIT_ROUNDOFF, clip_image_relative_atol, clip_text_relative_atol,
+                              cosine_logit_atol, low_precision_relative_error)
 from trainers.taskres import TaskRes
 
 # Folder names with underscores: TaskRes inserts them verbatim, CLIP-Adapter with spaces.
@@ -186,3 +187,29 @@ def test_every_task_passes_train_py_check(data, tmp_path, monkeypatch):
         for job in {(j.dataset, j.role): j for j in jobs}.values():
             outcome = train._check_one(json.dumps(job.check_argv()))
             assert outcome.ok, (name, job.command(), outcome.error)
+
+
+def test_fp16_computes_the_taskres_base_in_fp16_and_runs_the_rest_in_fp32(root, tiny_clip_path, tmp_path):
+    """As the original: CLIP's fp16 weights give T, then the model is cast to fp32 (image tower included)."""
+    trainer = build(taskres_argv(root, tiny_clip_path, tmp_path, "TRAINER.TaskRes.PREC", "fp16", flags=("--eval-only",)))
+    model = trainer.model
+    assert model.clip_model.visual.conv1.weight.dtype == torch.float32
+    assert model.prompt_learner.base_text_features.dtype == torch.float32
+    fp32 = build(taskres_argv(root, tiny_clip_path, tmp_path / "fp32", flags=("--eval-only",)))
+    base16, base32 = model.prompt_learner.base_text_features, fp32.model.prompt_learner.base_text_features
+    assert not torch.equal(base16, base32)  # rounded through fp16
+    # Per class, the fp16 text tower's relative error bound (18 roundings per block + 4 at the ends,
+    # as tests/clip/test_precision.py counts them).
+    bound = low_precision_relative_error(18 * fp32.model.clip_model.transformer.layers + 4, FP16_UNIT_ROUNDOFF)
+    assert ((base16 - base32).norm(dim=-1) / base32.norm(dim=-1)).max() <= bound
+    images = next(iter(trainer.test_loader))["img"]
+    assert trainer.model_inference(images).dtype == torch.float32
+
+
+def test_clip_adapter_keeps_the_adapter_in_fp32_under_fp16(root, tiny_clip_path, tmp_path):
+    trainer = build(argv("CLIP_Adapter", "CoOp/vit_b16_ep100.yaml", root, tiny_clip_path, tmp_path,
+                         "TRAINER.CLIP_ADAPTER.PREC", "fp16", flags=("--eval-only",)))
+    assert trainer.model.clip_model.visual.conv1.weight.dtype == torch.float16
+    assert all(p.dtype == torch.float32 for p in trainer.model.adapter.parameters())
+    images = next(iter(trainer.test_loader))["img"]
+    assert torch.isfinite(trainer.model_inference(images)).all()
