@@ -213,3 +213,37 @@ def test_clip_adapter_keeps_the_adapter_in_fp32_under_fp16(root, tiny_clip_path,
     assert all(p.dtype == torch.float32 for p in trainer.model.adapter.parameters())
     images = next(iter(trainer.test_loader))["img"]
     assert torch.isfinite(trainer.model_inference(images)).all()
+
+
+def test_domain_generalisation_evaluates_imagenet_a_with_the_stored_rows(tmp_path, tiny_clip_path):
+    """Train on (a tiny) ImageNet, evaluate on an ImageNet-A subset: the checkpoint's base and residual rows
+    of the subset's classes are used, not a base rebuilt with the target's single template."""
+    from tests.factories.coop_datasets_b import WNIDS, make_imagenet_tree, make_imagenet_variant_tree
+
+    root = make_imagenet_tree(tmp_path / "data", n_train=2, n_val=1)
+    subset = [WNIDS[4], WNIDS[0], WNIDS[2]]  # not in ImageNet's order
+    make_imagenet_variant_tree(root, "a", entries=subset, classnames=WNIDS)
+
+    def dg_argv(dataset: str, out, *extra: str, flags: tuple = ()) -> list[str]:
+        return ["--root", str(root), "--seed", "1", "--trainer", "TaskRes", *flags,
+                "--dataset-config-file", config_path("datasets", f"{dataset}.yaml"),
+                "--config-file", config_path("trainers", "TaskRes", "adam_lr2e-4_B256_ep200.yaml"),
+                "--output-dir", str(out), "MODEL.BACKBONE.NAME", str(tiny_clip_path), "INPUT.SIZE", "(32, 32)",
+                "TRAINER.TaskRes.PREC", "fp32", "TRAINER.TaskRes.RESIDUAL_SCALE", "0.5", "DATALOADER.NUM_WORKERS", "0",
+                "OPTIM.MAX_EPOCH", "1", "OPTIM.LR", "0.1", *extra]
+
+    from tests.conftest import run_train
+
+    source = tmp_path / "imagenet_run"
+    run_train(dg_argv("imagenet", source, "DATASET.NUM_SHOTS", "2"))
+    saved = torch.load(source / "prompt_learner" / "model.pth.tar-1", weights_only=True)["state_dict"]
+    target = build(dg_argv("imagenet_a", tmp_path / "a", flags=("--eval-only",)))
+    rebuilt = target.model.prompt_learner.base_text_features.clone()
+    target.load_model(str(source), epoch=1)
+    # ImageNet-A's labels follow its sorted wnids: tench (0), great white shark (2), hammerhead shark (4).
+    rows = [0, 2, 4]
+    learner = target.model.prompt_learner
+    assert torch.equal(learner.base_text_features, saved["base_text_features"][rows])
+    assert torch.equal(learner.text_feature_residuals, saved["text_feature_residuals"][rows])
+    assert learner.text_feature_residuals.abs().sum() > 0  # trained
+    assert not torch.allclose(rebuilt, learner.base_text_features, atol=1e-3)  # 8 templates vs 1
