@@ -90,10 +90,13 @@ class CLIP_Adapter(ClipMethod):
         super().check_cfg(cfg)
         opts = cfg.TRAINER.CLIP_ADAPTER
         if not 0.0 <= float(opts.RATIO) <= 1.0:
-            raise ConfigValueError(f"TRAINER.CLIP_ADAPTER.RATIO must be in [0, 1] (0.2 in the original), got {opts.RATIO}.")
+            raise ConfigValueError(
+                f"TRAINER.CLIP_ADAPTER.RATIO must be in [0, 1] (0.2 in the original), got {opts.RATIO}."
+            )
         if not isinstance(opts.REDUCTION, int) or opts.REDUCTION < 1:
             raise ConfigValueError(
-                f"TRAINER.CLIP_ADAPTER.REDUCTION must be a positive integer (4 in the original), got {opts.REDUCTION!r}."
+                "TRAINER.CLIP_ADAPTER.REDUCTION must be a positive integer (4 in the original), "
+                f"got {opts.REDUCTION!r}."
             )
 
     def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:

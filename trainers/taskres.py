@@ -53,9 +53,8 @@ def enhanced_base_path(value: str, dataset_name: str, num_shots: int) -> str:
     return value.format(dataset=dataset_name, shots=num_shots)
 
 
-def load_text_projection(path: str, clip_model: nn.Module) -> torch.Tensor:
-    """The enhanced base's text projection [width, D]: the transposed Linear weight [D, width] stored
-    under state_dict.weight of `path`."""
+def require_enhanced_base(path: str) -> None:
+    """A missing enhanced-base file is a user error that says where the original's files are."""
     if not os.path.isfile(path):
         raise MissingFileError(
             f"Enhanced base not found: {path} (--enhanced-base / TRAINER.TaskRes.ENHANCED_BASE). The original's "
@@ -63,14 +62,20 @@ def load_text_projection(path: str, clip_model: nn.Module) -> torch.Tensor:
             f"at {ENHANCED_BASE_URL}; download them and pass the file's path, or pass '--enhanced-base none' for "
             "the regular base."
         )
+
+
+def load_text_projection(path: str, clip_model: nn.Module, backbone: str) -> torch.Tensor:
+    """The enhanced base's text projection [width, D]: the transposed Linear weight [D, width] stored
+    under state_dict.weight of `path`."""
+    require_enhanced_base(path)
     weight = load_checkpoint(path).get("state_dict", {}).get("weight")
     expected = tuple(clip_model.text_projection.shape[::-1])
     if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != expected:
         found = tuple(weight.shape) if isinstance(weight, torch.Tensor) else "no state_dict.weight"
         raise ConfigValueError(
             f"Enhanced base {path}: expected a text-projection weight state_dict.weight of shape {expected} "
-            f"(embedding x text width of CLIP '{getattr(clip_model, 'name', 'this backbone')}'), found {found}. "
-            "The original's files are for RN50; use the file made for this backbone."
+            f"(embedding x text width of CLIP '{backbone}'), found {found}. The original's files are for RN50; "
+            "use the file made for this backbone."
         )
     return weight.t()
 
@@ -135,11 +140,13 @@ class TaskRes(ClipMethod):
                 f"TRAINER.TaskRes.ENHANCED_BASE (--enhanced-base) must be 'none' or a file path, got {value!r}."
             )
         try:
-            enhanced_base_path(value, cfg.DATASET.NAME, cfg.DATASET.NUM_SHOTS)
+            path = enhanced_base_path(value, cfg.DATASET.NAME, cfg.DATASET.NUM_SHOTS)
         except (KeyError, IndexError, ValueError) as e:
             raise ConfigValueError(
                 f"--enhanced-base {value}: only {{dataset}} and {{shots}} may appear in braces ({e})."
             ) from None
+        if value != "none":
+            require_enhanced_base(path)  # before any data or weights are loaded (and in train.py --check)
 
     def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:
         opts = self.cfg.TRAINER.TaskRes
@@ -150,7 +157,8 @@ class TaskRes(ClipMethod):
         if opts.ENHANCED_BASE != "none":
             path = enhanced_base_path(opts.ENHANCED_BASE, self.cfg.DATASET.NAME, self.cfg.DATASET.NUM_SHOTS)
             logger.info("Enhanced base: text projection from %s", path)
-            projection = swapped_text_projection(clip_model, load_text_projection(path, clip_model).to(self.device))
+            weights = load_text_projection(path, clip_model, self.cfg.MODEL.BACKBONE.NAME)
+            projection = swapped_text_projection(clip_model, weights.to(self.device))
         with projection:
             base = mean_text_features(clip_model, classnames, templates, self.device, clean_names=False)
         # The original casts the whole model to fp32 after computing the base (fp16: only the base was fp16).
