@@ -189,3 +189,55 @@ maple_xd = dict(train=dict(mode='xd', trainer='MaPLe', cfg='vit_b16_c2_ep5_batch
 maple_all = dict(train=dict(mode='all', trainer='MaPLe', cfg='vit_b16_c2_ep5_batch4_2ctx'),
                  grid_search=dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=[1, 2, 4, 8, 16])]),
                  demo=_maple_demo)
+# ---- TaskRes ----
+# The original's scripts (train_regular.sh, test_dg.sh): RN50, Adam, batch 256, RESIDUAL_SCALE 0.5 (Flowers: 1.0),
+# LR 2e-3 (ImageNet: 2e-4), 100 epochs for 1/2/4 shots and 200 for 8/16 (configs adam_lr2e-{3,4}_B256_ep{100,200}):
+# one task per row of that table. TaskRes* (enhanced base): add to a task's opts
+# 'TRAINER.TaskRes.ENHANCED_BASE', 'strong_base/{dataset}/rn50_{shots}shots/model.pth.tar' (the original's files).
+# The base and residual are per class: TaskRes has no base-to-new protocol (scripts/taskres has none either).
+_taskres_demo = dict(cfg='TaskRes/demo')
+_taskres_opts = ['TRAINER.TaskRes.RESIDUAL_SCALE', 0.5]
+_taskres_datasets = ['sun397', 'stanford_cars', 'food101', 'ucf101', 'caltech101', 'fgvc_aircraft', 'dtd',
+                     'oxford_pets', 'eurosat']
+_shots_1_4 = dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=[1, 2, 4])])
+_shots_8_16 = dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=[8, 16])])
+
+
+def _taskres(cfg: str, grid: dict, datasets: list, opts: list = _taskres_opts) -> dict:
+    return dict(train=dict(mode='all', trainer='TaskRes', cfg=cfg, opts=opts), data=dict(datasets_all=datasets),
+                grid_search=grid, demo=_taskres_demo)
+
+
+taskres_all = _taskres('adam_lr2e-3_B256_ep100', _shots_1_4, _taskres_datasets)
+taskres_all_ep200 = _taskres('adam_lr2e-3_B256_ep200', _shots_8_16, _taskres_datasets)
+taskres_flowers_all = _taskres('adam_lr2e-3_B256_ep100', _shots_1_4, ['oxford_flowers'],
+                               ['TRAINER.TaskRes.RESIDUAL_SCALE', 1.0])
+taskres_flowers_all_ep200 = _taskres('adam_lr2e-3_B256_ep200', _shots_8_16, ['oxford_flowers'],
+                                     ['TRAINER.TaskRes.RESIDUAL_SCALE', 1.0])
+taskres_imagenet_all = _taskres('adam_lr2e-4_B256_ep100', _shots_1_4, ['imagenet'])
+taskres_imagenet_all_ep200 = _taskres('adam_lr2e-4_B256_ep200', _shots_8_16, ['imagenet'])
+# Domain generalisation: the 16-shot ImageNet model evaluated on its four variants (the checkpoint holds the base).
+taskres_xd = dict(train=dict(mode='xd', trainer='TaskRes', cfg='adam_lr2e-4_B256_ep200', opts=_taskres_opts),
+                  data=dict(datasets_cross_dataset=['imagenetv2', 'imagenet_sketch', 'imagenet_a', 'imagenet_r']),
+                  demo=_taskres_demo)
+
+# ---- CLIP-Adapter ----
+# The released file ships no config and says to run CoOp's commands: CoOp's RN50 configs, SGD LR 0.002, batch 32,
+# 50 epochs for 1 shot (and every ImageNet run), 100 for 2/4 shots, 200 for 8/16: one task per row.
+# Base-to-new and cross-dataset use the 16-shot setting (CoOp/rn50; ImageNet source: rn50_ep50).
+_adapter_demo = dict(cfg='CLIP_Adapter/demo')
+_adapter_datasets = [d for d in base['data']['datasets_all'] if d != 'imagenet']
+
+
+def _adapter(cfg: str, shots: list, datasets: list, mode: str = 'all') -> dict:
+    return dict(train=dict(mode=mode, trainer='CLIP_Adapter', cfg=cfg), data=dict(datasets_all=datasets),
+                grid_search=dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=shots)]),
+                demo=_adapter_demo)
+
+
+clip_adapter = dict(train=dict(trainer='CLIP_Adapter', cfg='CoOp/rn50'), demo=_adapter_demo)
+clip_adapter_xd = dict(train=dict(mode='xd', trainer='CLIP_Adapter', cfg='CoOp/rn50_ep50'), demo=_adapter_demo)
+clip_adapter_all = _adapter('CoOp/rn50_ep50', [1], _adapter_datasets)
+clip_adapter_all_ep100 = _adapter('CoOp/rn50_ep100', [2, 4], _adapter_datasets)
+clip_adapter_all_ep200 = _adapter('CoOp/rn50', [8, 16], _adapter_datasets)
+clip_adapter_imagenet_all = _adapter('CoOp/rn50_ep50', [1, 2, 4, 8, 16], ['imagenet'])

@@ -71,6 +71,11 @@ def build_parser(raise_on_error: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
     parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory for eval-only")
     parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch (default: model-best)")
+    parser.add_argument(
+        "--enhanced-base", type=str, default=None,
+        help="TaskRes only: file of the tuned text projection for TaskRes* (TRAINER.TaskRes.ENHANCED_BASE); "
+        "'none': the regular base",
+    )
     parser.add_argument("--no-train", action="store_true", help="build the trainer (data, caches, model) and exit")
     parser.add_argument(
         "--check", action="store_true",
@@ -151,6 +156,14 @@ def reset_cfg(cfg, args: argparse.Namespace) -> None:
         cfg.MODEL.BACKBONE.NAME = args.backbone
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
+    enhanced_base = getattr(args, "enhanced_base", None)
+    if enhanced_base is not None:  # TaskRes's flag (its original train.py has it)
+        if "TaskRes" in cfg.TRAINER:
+            cfg.TRAINER.TaskRes.ENHANCED_BASE = enhanced_base
+        elif enhanced_base != "none":
+            raise ConfigValueError(
+                f"--enhanced-base is TaskRes's flag; trainer '{cfg.TRAINER.NAME}' has no enhanced base. Drop the flag."
+            )
 
 
 FLAG_KEYS = {  # config keys the command-line flags set (see reset_cfg)

@@ -136,6 +136,24 @@ def text_features_for_templates(
     return mean / mean.norm(dim=-1, keepdim=True)
 
 
+@torch.no_grad()
+def mean_text_features(
+    clip_model: nn.Module,
+    classnames: Sequence[str],
+    templates: Iterable[str],
+    device: torch.device,
+    clean_names: bool = True,
+) -> torch.Tensor:
+    """Class text features [C, D] as CLIP's `encode_text` gives them, averaged over templates WITHOUT
+    normalising (TaskRes's base, CLIP-Adapter's classifier before its per-forward normalisation).
+    `clean_names=False` inserts class names verbatim, underscores included (TaskRes)."""
+    per_template = []
+    for template in templates:
+        prompts = [template.format(clean_classname(c) if clean_names else c) for c in classnames]
+        per_template.append(clip_model.encode_text(clip.tokenize(prompts).to(device)))
+    return per_template[0] if len(per_template) == 1 else torch.stack(per_template).mean(dim=0)
+
+
 # --- The text tower in two parts: hidden states entering block k, and the rest from them ---
 # (Skip Tuning caches the first part once per epoch; both are CLIP's own extension points.)
 

@@ -17,9 +17,9 @@ from tests.conformance.helpers import HERE, fill_argv, load_meta, run_train_inpr
 
 GOLDEN = HERE / "golden"
 CASES = [("zsclip", "zeroshot"), ("coop", "train"), ("cocoop", "train"), ("cocoop", "test_new"),
-         ("kgcoop", "train"), ("kgcoop", "test_new")]
+         ("kgcoop", "train"), ("kgcoop", "test_new"), ("taskres", "train"), ("clip_adapter", "train")]
 # Methods whose golden logits come from the original's own checkpoint, shipped under golden/<m>/model.
-CHECKPOINTS = ["coop", "cocoop", "kgcoop"]
+CHECKPOINTS = ["coop", "cocoop", "kgcoop", "taskres", "clip_adapter"]
 
 
 # ---- the shipped data and the comparison helper (fast)
@@ -31,7 +31,7 @@ def test_shipped_checkpoint_is_the_originals(method: str) -> None:
         path = GOLDEN / method / "model" / rel
         assert path.stat().st_size == info["bytes"]
         assert sha256_file(path) == info["sha256"]
-    assert (GOLDEN / method / "model" / "prompt_learner" / "checkpoint").read_text().strip() == "model.pth.tar-2"
+        assert (path.parent / "checkpoint").read_text().strip() == "model.pth.tar-2"
 
 
 @pytest.mark.parametrize("method,phase", CASES)
@@ -39,6 +39,10 @@ def test_check_argv_is_the_originals_plus_eval_flags(method: str, phase: str) ->
     """check_argv = the original run's argv + eval flags + our backbone path and predictions switch."""
     entry = load_meta(method)["phases"][phase]
     argv, check = entry["argv"], entry["check_argv"]
+    # TaskRes's flag sits at another place among the flags of the check (flag order does not matter).
+    argv, enhanced = _pop_flag(argv, "--enhanced-base")
+    check, check_enhanced = _pop_flag(check, "--enhanced-base")
+    assert enhanced == check_enhanced
     assert check[-4:] == ["MODEL.BACKBONE.NAME", "$CONFORMANCE_DATA/clip/ViT-B-16_random_seed0_r112.pt",
                           "TEST.SAVE_PREDICTIONS", "True"]
     stripped, argv = list(check[:-4]), list(argv)
@@ -53,6 +57,14 @@ def test_check_argv_is_the_originals_plus_eval_flags(method: str, phase: str) ->
         assert argv[i:i + 5] == ["--model-dir", "$MODEL_DIR", "--load-epoch", "2", "--eval-only"]
         del argv[i:i + 5]
     assert stripped == argv
+
+
+def _pop_flag(argv: list[str], flag: str) -> tuple[list[str], str | None]:
+    """argv without `flag VALUE`, and VALUE (None when the flag is absent)."""
+    if flag not in argv:
+        return list(argv), None
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2:], argv[i + 1]
 
 
 def _fake_predictions(path: Path, golden: Path, perm: np.ndarray, logits=None, labels=None) -> None:

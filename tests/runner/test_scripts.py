@@ -17,8 +17,16 @@ from runner.tasks import Job, expand_task
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
-METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop", "maple"]
+METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop", "maple", "taskres", "clip_adapter"]
 SCRIPTS = ["base2new_train.sh", "base2new_test.sh", "xd_train.sh", "xd_test.sh", "few_shot.sh"]
+# Methods without a base-to-new protocol (TaskRes: its classifier is per class).
+NO_B2N = {"taskres"}
+# The runner task of `few_shot.sh dtd 1 4` where the shot count picks one (the originals' shots/epochs tables).
+FEW_SHOT_TASK = {"clip_adapter": "clip_adapter_all_ep100"}
+
+
+def scripts_of(method: str) -> list[str]:
+    return [s for s in SCRIPTS if not (method in NO_B2N and s.startswith("base2new"))]
 # The script environment variables a test must not inherit from the shell that runs pytest.
 SCRIPT_ENV = ("DATA", "OUTPUT", "SHOTS", "LOADEP", "XD_SOURCE", "DRY_RUN")
 DEMO_BANNER = "No DATA set: running on the demo world ("
@@ -39,11 +47,12 @@ def dry_run(method: str, name: str, *args: str, **env: str) -> tuple[str, str]:
 
 def test_every_method_has_every_protocol_script():
     for method in METHODS:
-        for name in SCRIPTS:
+        for name in scripts_of(method):
             path = os.path.join(REPO_ROOT, "scripts", method, name)
             assert os.access(path, os.X_OK), path
             assert subprocess.run(["bash", "-n", path]).returncode == 0
-    assert len(glob.glob(os.path.join(REPO_ROOT, "scripts", "*", "*.sh"))) == len(METHODS) * (len(SCRIPTS) + 1)  # + method.sh
+    expected = sum(len(scripts_of(m)) + 1 for m in METHODS)  # + method.sh
+    assert len(glob.glob(os.path.join(REPO_ROOT, "scripts", "*", "*.sh"))) == expected
 
 
 def minimal_command(job: Job) -> str:
@@ -80,12 +89,14 @@ def test_scripts_match_the_runner(method, world, monkeypatch):
     else:
         monkeypatch.delenv("DATA", raising=False)
     ds = (lambda name: name) if world == "data" else ON_DEMO.__getitem__
-    xd, fs = f"{method}_xd", f"{method}_all"
+    xd, fs = f"{method}_xd", FEW_SHOT_TASK.get(method, f"{method}_all")
     # zero-shot has no shot grid: its few-shot script takes no shot count
     few_shot = (("few_shot.sh", "dtd", "1"), "") if method == "zsclip" else (("few_shot.sh", "dtd", "1", "4"), "shot=4")
-    calls = [
+    calls = [] if method in NO_B2N else [
         (("base2new_train.sh", "caltech101", "1"), runner_job(method, "train_base", ds("caltech101"), 1)),
         (("base2new_test.sh", "caltech101", "2"), runner_job(method, "test_new", ds("caltech101"), 2)),
+    ]
+    calls += [
         (("xd_train.sh", "1"), runner_job(xd, "xd_source", ds("imagenet"), 1)),
         (("xd_test.sh", "imagenet_a", "1"), runner_job(xd, "xd_target", ds("imagenet_a"), 1)),
         (few_shot[0], runner_job(fs, "all", ds("dtd"), 1, few_shot[1])),
@@ -98,6 +109,19 @@ def test_scripts_match_the_runner(method, world, monkeypatch):
             assert err.startswith(DEMO_BANNER) and err.rstrip().endswith(f"outputs under {relative(job.output_dir)}")
         else:
             assert err == ""
+
+
+@pytest.mark.parametrize("method,dataset,shots,task", [
+    ("taskres", "dtd", "16", "taskres_all_ep200"), ("taskres", "imagenet", "2", "taskres_imagenet_all"),
+    ("taskres", "oxford_flowers", "8", "taskres_flowers_all_ep200"), ("clip_adapter", "dtd", "1", "clip_adapter_all"),
+    ("clip_adapter", "dtd", "16", "clip_adapter_all_ep200"), ("clip_adapter", "imagenet", "8", "clip_adapter_imagenet_all"),
+])
+def test_few_shot_picks_the_task_of_the_originals_table(method, dataset, shots, task, monkeypatch):
+    """TaskRes and CLIP-Adapter: the dataset and the shot count pick the epochs, LR and residual scale."""
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setenv("DATA", "/d")
+    command, _ = dry_run(method, "few_shot.sh", dataset, "1", shots, DATA="/d")
+    assert command == minimal_command(runner_job(task, "all", dataset, 1, f"shot={shots}"))
 
 
 def test_exact_commands_with_data_and_on_the_demo_world():
