@@ -137,16 +137,18 @@ def _missing_datasets(datasets: list[str], root: str) -> list[str]:
     from engine.data import DATASET_REGISTRY
 
     by_config = {stem: name for name, stem in dataset_config_names().items()}
-    missing = []
+    problems, folders = [], []
     for ds in dict.fromkeys(datasets):
         name = by_config.get(ds)
         if name is None or name not in DATASET_REGISTRY:
-            missing.append(f"dataset '{ds}' has no configs/datasets/{ds}.yaml with a registered DATASET.NAME")
+            problems.append(f"dataset '{ds}' has no configs/datasets/{ds}.yaml naming a registered dataset")
             continue
         folder = find_dataset_dir(DATASET_REGISTRY.get(name), root)
         if not os.path.isdir(folder):
-            missing.append(f"data {folder} (see DATASETS.md)")
-    return missing
+            folders.append(os.path.relpath(folder, root))
+    if folders:
+        problems.append(f"no data folder(s) {', '.join(folders)} under {root} (see DATASETS.md)")
+    return problems
 
 
 def _missing_backbone(name: str) -> list[str]:
@@ -156,7 +158,7 @@ def _missing_backbone(name: str) -> list[str]:
     if name in clip.MODEL_FILES:
         path = os.path.join(clip.default_cache_dir(), clip.MODEL_FILES[name][0])
         if not os.path.isfile(path):
-            return [f"backbone weights {path} (download once: python -c \"import clip; clip.load('{name}')\")"]
+            return [f"no backbone weights {path} (download once: python -c \"import clip; clip.load('{name}')\")"]
         return []
     try:
         clip.check_model_name(name)
@@ -206,7 +208,7 @@ def run_rows(rows: list[Row], module: types.ModuleType, options: RunOptions) -> 
         raise ConfigError(f"The rows' recipes do not make a valid sweep: {e}") from None
     for g in groups:
         if g.problem:
-            logger.warning("Rows %s: missing %s", ", ".join(r.id for r in g.rows), g.problem)
+            logger.warning("Rows %s cannot run: %s", ", ".join(r.id for r in g.rows), g.problem)
     if plans:
         sweep_options = SweepOptions(use_cuda=use_cuda, cpu_workers=options.cpu_workers, launcher=options.launcher,
                                      mail=False, progress=False)
@@ -217,7 +219,7 @@ def run_rows(rows: list[Row], module: types.ModuleType, options: RunOptions) -> 
     for g in groups:
         if g.problem:
             for r in g.rows:
-                by_id[r.id] = Comparison(r, None, f"missing {g.problem}")
+                by_id[r.id] = Comparison(r, None, f"cannot run: {g.problem}")
             continue
         plan = plan_of[g.name]
         found = collect([j.output_dir for j in plan.jobs])
