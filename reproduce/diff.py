@@ -51,7 +51,7 @@ def _get(card: dict, dotted: str) -> Any:
 def _short(value: Any) -> str:
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return value[:12]
-    return json.dumps(value) if not isinstance(value, str) else value
+    return json.dumps(value) if not isinstance(value, str) or not value else value
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -84,8 +84,8 @@ def _transform_difference(kind: str, a: str | None, b: str | None) -> Difference
     if a == b:
         return None
     lines_a, lines_b = (a or "").splitlines(), (b or "").splitlines()
-    removed = [line.strip() for line in difflib.ndiff(lines_a, lines_b) if line.startswith("- ")]
-    added = [line.strip() for line in difflib.ndiff(lines_a, lines_b) if line.startswith("+ ")]
+    removed = [line[2:].strip() for line in difflib.ndiff(lines_a, lines_b) if line.startswith("- ")]
+    added = [line[2:].strip() for line in difflib.ndiff(lines_a, lines_b) if line.startswith("+ ")]
     return Difference(f"{kind} transforms", "; ".join(removed) or "(nothing)", "; ".join(added) or "(nothing)")
 
 

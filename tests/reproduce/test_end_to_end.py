@@ -77,8 +77,10 @@ def test_another_few_shot_sample_fails_and_diff_names_it(reproduced, demo_root, 
     assert "NO" in capsys.readouterr().out
     assert main(["diff", str(run_dir), str(other)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == "1 difference(s), likeliest cause first:"  # the cache folder is a location, not a setting
     assert lines[3].startswith("  1. few-shot sample: A ")
+    # The cache folder is a location, not a setting: nothing else about the recipe differs (the code
+    # state may, if files are edited while the tests run).
+    assert all(line.split(". ", 1)[1].startswith(("uncommitted", "code")) for line in lines[4:]), lines
 
 
 def test_another_normalisation_fails_and_diff_names_it(reproduced, tmp_path, capsys):
