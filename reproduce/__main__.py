@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from engine.errors import ConfigValueError, MissingFileError, run_cli
@@ -87,24 +88,32 @@ def _load_recipes(path: str | None):
         raise ConfigValueError(str(e)) from None
 
 
+def _raise_interrupted(signum: int, _frame) -> None:
+    from runner.scheduler import Interrupted
+
+    raise Interrupted(signum)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from reproduce.sweep import RunOptions, run_rows
     from runner.config import ConfigError
-    from runner.scheduler import Interrupted
 
     rows = select_rows(load_registry(args.registry), args.rows)
     if args.root and not os.path.isdir(os.path.expanduser(args.root)):
         raise MissingFileError(f"--root {args.root}: no such folder. Pass the folder that holds the datasets (DATASETS.md).")
     module = _load_recipes(args.configs)
     options = RunOptions(args.root, os.path.abspath(args.output), args.gpus, args.launcher, args.cpu_workers)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # a cluster stopping us: like Ctrl-C
     try:
         comparisons = run_rows(rows, module, options)
     except ConfigError as e:
         raise ConfigValueError(str(e)) from None
-    except Interrupted:
+    except KeyboardInterrupt as e:  # the runner has stopped its jobs; each keeps its last finished epoch
         print(f"Interrupted; finished jobs are kept. Run the same command again to resume (--output {args.output}).",
               file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_table(comparisons))
     added = update_record(comparisons, os.path.join(options.output, "outputs"), args.record)
     if added:

@@ -188,7 +188,15 @@ def plan_groups(groups: list[Group], module: types.ModuleType, options: RunOptio
     if not runnable:
         return [], False
     sweep = sweep_module(module, runnable, options.output)
-    tasks: list[Task] = build_pipeline(sweep, [g.name for g in runnable], options.gpus, "the registry rows' recipes")
+    tasks: list[Task] = []
+    for g in runnable:  # one at a time, so that a recipe the runner rejects only stops its own rows
+        try:
+            tasks += build_pipeline(sweep, [g.name], options.gpus, f"recipe '{g.rows[0].recipe}'")
+        except ConfigError as e:
+            g.problem = str(e)
+    runnable = [g for g in runnable if not g.problem]
+    if not runnable:
+        return [], False
     use_cuda = check_gpu_ids(tasks, explicit=bool(options.gpus))
     plans = plan_sweep(tasks)
     env = {} if use_cuda else {"CUDA_VISIBLE_DEVICES": ""}

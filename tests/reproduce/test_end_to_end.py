@@ -33,6 +33,16 @@ def hash_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    """A data root with DemoShapes only (the row's dataset)."""
+    from demo.make_data import DEMO_DATASETS, write_dataset
+
+    root = tmp_path_factory.mktemp("demo_data")
+    write_dataset(DEMO_DATASETS["demo_shapes"], str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
 def reproduced(demo_root, tmp_path_factory, hash_cache):
     """`python -m reproduce run ROW` on the demo world: (exit status, the run's folder, the record file)."""
     out = tmp_path_factory.mktemp("reproduce")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from reproduce.__main__ import main
+from tests.conftest import REPO_ROOT
 
 
 def test_rows_without_data_weights_or_recipe_are_reported(tmp_path, monkeypatch, capsys):
@@ -30,3 +31,21 @@ def test_rows_without_data_weights_or_recipe_are_reported(tmp_path, monkeypatch,
 def test_missing_root_folder_is_a_user_error(tmp_path, capsys):
     assert main(["run", "coop-b2n-average-H-skiptuning", "--root", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith(f"error: --root {tmp_path / 'nope'}: no such folder")
+
+
+def test_row_whose_trainer_is_not_registered_says_so(tmp_path, monkeypatch, capsys):
+    # A recipe for MaPLe exists (a sweep file like configs.py plus a `maple` task), its trainer not yet;
+    # the data folder and a (dummy) weights file are there, so the trainer is what stops the row.
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "ViT-B-16.pt").write_bytes(b"")
+    monkeypatch.setenv("CLIP_CACHE_DIR", str(weights))
+    (tmp_path / "data" / "caltech-101").mkdir(parents=True)
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text((REPO_ROOT / "configs.py").read_text() + "\nmaple = dict(train=dict(trainer='MaPLe', cfg='CoOp/vit_b16'))\n")
+    status = main(["--record", str(tmp_path / "rec.csv"), "run", "maple-b2n-caltech101-base-skiptuning",
+                   "--root", str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--configs", str(sweep)])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "maple-b2n-caltech101-base-skiptuning" in out and "no number (1)" in out
+    assert "(1) cannot run: " in out and "MaPLe" in out and "Traceback" not in out
