@@ -129,8 +129,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     found = collect(args.results)
     if not found:
         raise MissingFileError(f"No results.json under {', '.join(args.results)}.")
-    lists = DataLists.from_data(_load_recipes(args.configs).base["data"])
-    demo_lists = DataLists.from_data(_load_recipes(args.configs).base["demo"])
+    base = _load_recipes(args.configs).base
+    lists, demo_lists = DataLists.from_data(base["data"]), DataLists.from_data(base["demo"])
     if args.rows:
         rows = select_rows(rows, args.rows)
     else:  # rows that the results could speak to: same trainer, backbone and shots

@@ -39,3 +39,37 @@ def test_config_hash_ignores_locations_but_not_settings():
     moved = {"OUTPUT_DIR": "/b", "DATASET": {"ROOT": "/elsewhere", "NAME": "Caltech101", "NUM_SHOTS": 16}}
     changed = {"OUTPUT_DIR": "/a", "DATASET": {"ROOT": "/data", "NAME": "Caltech101", "NUM_SHOTS": 8}}
     assert config_hash(cfg) == config_hash(moved) != config_hash(changed)
+
+
+def test_card_of_a_training_run_and_of_an_evaluation_from_its_checkpoint(caltech_root, tiny_clip_path, tmp_path,
+                                                                         monkeypatch):
+    from tests.conftest import run_train
+    from tests.trainers.test_coop import coop_argv
+
+    monkeypatch.setenv("CLIP_ADAPT_HASH_CACHE", str(tmp_path / "sha256.json"))
+    trained = run_train(coop_argv(caltech_root, tiny_clip_path, tmp_path / "train", "DATASET.NUM_SHOTS", "2",
+                                  epochs=2))
+    card = trained["provenance"]
+    assert card["backbone"]["sha256"] == hashlib.sha256(tiny_clip_path.read_bytes()).hexdigest()
+    split = caltech_root / "caltech-101" / "split_zhou_Caltech101.json"
+    assert card["data"]["split_sha256"] == hashlib.sha256(split.read_bytes()).hexdigest()
+    assert card["data"]["fewshot_sample"]["images"] == 2 * card["data"]["num_classes"]
+    assert card["checkpoint"] == {"evaluated": "last", "epoch": 2, "model_dir": None, "trained_on": "Caltech101"}
+    assert "RandomResizedCrop" in card["transforms"]["train"] and "CenterCrop" in card["transforms"]["test"]
+    assert card["config"]["resolved"]["OPTIM"]["MAX_EPOCH"] == 2
+    assert card["versions"]["torch"] == torch_version()
+
+    evaluated = run_train(coop_argv(caltech_root, tiny_clip_path, tmp_path / "eval", "DATASET.NUM_SHOTS", "2",
+                                    "DATASET.SUBSAMPLE_CLASSES", "new", epochs=2,
+                                    flags=("--eval-only", "--model-dir", str(tmp_path / "train"), "--load-epoch", "2")))
+    card = evaluated["provenance"]
+    assert card["checkpoint"] == {"evaluated": "last", "epoch": 2, "model_dir": str(tmp_path / "train"),
+                                  "trained_on": "Caltech101"}
+    # The new classes' prompts, and no others: the context is learned, the class names are new.
+    assert card["prompts"]["count"] == card["data"]["num_classes"] + 1  # + the context initialisation text
+
+
+def torch_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("torch")
