@@ -62,11 +62,14 @@ def test_card_of_a_training_run_and_of_an_evaluation_from_its_checkpoint(caltech
     evaluated = run_train(coop_argv(caltech_root, tiny_clip_path, tmp_path / "eval", "DATASET.NUM_SHOTS", "2",
                                     "DATASET.SUBSAMPLE_CLASSES", "new", epochs=2,
                                     flags=("--eval-only", "--model-dir", str(tmp_path / "train"), "--load-epoch", "2")))
-    card = evaluated["provenance"]
-    assert card["checkpoint"] == {"evaluated": "last", "epoch": 2, "model_dir": str(tmp_path / "train"),
-                                  "trained_on": "Caltech101"}
-    # The new classes' prompts, and no others: the context is learned, the class names are new.
-    assert card["prompts"]["count"] == card["data"]["num_classes"] + 1  # + the context initialisation text
+    assert card["prompts"]["count"] == card["data"]["num_classes"] == 6
+    card_new = evaluated["provenance"]
+    assert card_new["checkpoint"] == {"evaluated": "last", "epoch": 2, "model_dir": str(tmp_path / "train"),
+                                      "trained_on": "Caltech101"}
+    # One prompt per new class (a random context has no initialisation text), with CoOp's placeholders.
+    assert card_new["prompts"]["count"] == card_new["data"]["num_classes"] == 3
+    assert card_new["prompts"]["first"][0].startswith("X X X X ")
+    assert card_new["data"]["classnames_sha256"] != card["data"]["classnames_sha256"]
 
 
 def torch_version() -> str:
