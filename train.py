@@ -35,8 +35,7 @@ from engine.data import DATASET_REGISTRY
 from engine.errors import ConfigValueError, MissingFileError, UserError, run_cli
 from engine.provenance import CARD_KEY, build_card, recording_prompts
 from engine.trainer import select_device
-from engine.utils import (FILE_ONLY, atomic_write_bytes, collect_env_info, mkdir_if_missing, set_random_seed, setup_logger,
-                          write_json)
+from engine.utils import FILE_ONLY, atomic_write_bytes, collect_env_info, mkdir_if_missing, set_random_seed, setup_logger
 
 logger = logging.getLogger("train")
 
@@ -346,12 +345,11 @@ def main(args: argparse.Namespace) -> dict | None:
 
 
 def save_results_with_card(trainer, prompts: list[str], args: argparse.Namespace) -> dict:
-    """results.json with the provenance card (engine/provenance.py) under "provenance"."""
-    record = trainer.save_results()
-    record[CARD_KEY] = build_card(trainer, prompts, model_dir=args.model_dir or None, load_epoch=args.load_epoch,
-                                  trained_here=not args.eval_only)
-    write_json(record, os.path.join(trainer.output_dir, "results.json"))  # atomic: temp file + os.replace
-    return record
+    """results.json with the provenance card (engine/provenance.py) under "provenance", in one atomic write
+    (the runner takes a results.json as the sign that a run finished)."""
+    card = build_card(trainer, prompts, model_dir=args.model_dir or None, load_epoch=args.load_epoch,
+                      trained_here=not args.eval_only)
+    return trainer.save_results(extra={CARD_KEY: card})
 
 
 class Interrupted(KeyboardInterrupt):
