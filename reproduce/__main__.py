@@ -70,8 +70,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     table = []
     for r in rows:
         rec = done.get(r.id)
-        ours = "" if rec is None else (f"{rec.ours:.2f} ({'within' if rec.within else 'OUTSIDE'} ±{r.tolerance:g}, "
-                                       f"{rec.date})")
+        # Judged against the registry as it is now (a corrected published value changes the verdict).
+        within = rec is not None and abs(rec.ours - r.value) <= r.tolerance + 1e-9
+        ours = "" if rec is None else f"{rec.ours:.2f} ({'within' if within else 'OUTSIDE'} ±{r.tolerance:g}, {rec.date})"
         table.append([r.id, r.protocol, r.dataset, r.metric, f"{r.value:.2f}", r.source + (" [demo]" if r.kind == "demo" else ""), ours])
     print(tabulate(table, headers=["row", "protocol", "dataset", "metric", "published", "source", "reproduced here"],
                    tablefmt="simple", disable_numparse=True))
