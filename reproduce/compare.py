@@ -132,7 +132,8 @@ def datasets_of(row: Row, lists: DataLists) -> list[str]:
 def _measure_for(row: Row, dataset: str, metric: str, lists: DataLists) -> str:
     if row.protocol == "b2n":
         return metric
-    if row.protocol in ("xd", "dg") and dataset != lists.xd_source:
+    # A cross-dataset target is evaluated from the source's model, except without training (zero-shot: shots 0).
+    if row.protocol in ("xd", "dg") and dataset != lists.xd_source and row.shots > 0:
         return "xd"
     return "acc"
 

@@ -60,3 +60,16 @@ def test_check_without_results_is_a_user_error(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: No results.json under")
     assert main(["check", str(tmp_path / "nope")]) == 2
+
+
+def test_zero_shot_dg_rows_take_evaluations_without_a_trained_model(tmp_path):
+    for name, acc in {"ImageNetV2": 60.83, "ImageNetSketch": 46.15, "ImageNetA": 47.77, "ImageNetR": 73.96}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        record = {"trainer": "ZeroshotCLIP", "backbone": "ViT-B/16", "shots": 0, "seed": 1, "dataset": name,
+                  "subsample": "all", "accuracy": acc, "provenance": {"checkpoint": {"trained_on": None}}}
+        (folder / "results.json").write_text(json.dumps(record))
+    assert main(["--record", str(tmp_path / "rec.csv"), "check", str(tmp_path)]) == 0
+    done = read_record(str(tmp_path / "rec.csv"))
+    assert sorted(done) == ["zeroshotclip-dg-imageneta-acc-cocoop", "zeroshotclip-dg-imagenetr-acc-cocoop",
+                            "zeroshotclip-dg-imagenetsketch-acc-cocoop", "zeroshotclip-dg-imagenetv2-acc-cocoop"]
