@@ -72,6 +72,7 @@ def file_sha256(path: str, cache_path: str | None = None) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     cache = _read_cache(cache_path)  # re-read: another run may have added entries meanwhile
+    cache = {p: e for p, e in cache.items() if os.path.exists(p)}  # forget deleted files (test folders)
     cache[path] = {"mtime_ns": stat.st_mtime_ns, "size": stat.st_size, "sha256": digest.hexdigest()}
     try:
         atomic_write_bytes(cache_path, json.dumps(cache, indent=1).encode("utf-8"))

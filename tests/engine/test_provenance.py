@@ -76,3 +76,14 @@ def torch_version() -> str:
     import importlib.metadata
 
     return importlib.metadata.version("torch")
+
+
+def test_digest_cache_forgets_deleted_files(tmp_path):
+    cache = tmp_path / "cache.json"
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(b"a")
+    second.write_bytes(b"b")
+    file_sha256(str(first), str(cache))
+    first.unlink()
+    file_sha256(str(second), str(cache))
+    assert list(json.loads(cache.read_text())) == [str(second)]
