@@ -33,6 +33,7 @@ from engine.backbone import apply_preprocess
 from engine.config import added_keys, cfg_to_yaml, merge_from_file, merge_from_list
 from engine.data import DATASET_REGISTRY
 from engine.errors import ConfigValueError, MissingFileError, UserError, run_cli
+from engine.provenance import CARD_KEY, build_card, recording_prompts
 from engine.trainer import select_device
 from engine.utils import FILE_ONLY, atomic_write_bytes, collect_env_info, mkdir_if_missing, set_random_seed, setup_logger
 
@@ -342,17 +343,26 @@ def main(args: argparse.Namespace) -> dict | None:
     atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg_to_yaml(cfg).encode("utf-8"))
     logger.info("Collecting env info ...\n%s", collect_env_info(), extra=FILE_ONLY)
 
-    trainer = build_trainer(cfg)
+    with recording_prompts() as prompts:
+        trainer = build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
-        return trainer.save_results()
+        return save_results_with_card(trainer, prompts, args)
     if args.no_train:
         return None
     trainer.train()
     if trainer.last_test is not None:
-        return trainer.save_results()
+        return save_results_with_card(trainer, prompts, args)
     return None
+
+
+def save_results_with_card(trainer, prompts: list[str], args: argparse.Namespace) -> dict:
+    """results.json with the provenance card (engine/provenance.py) under "provenance", in one atomic write
+    (the runner takes a results.json as the sign that a run finished)."""
+    card = build_card(trainer, prompts, model_dir=args.model_dir or None, load_epoch=args.load_epoch,
+                      trained_here=not args.eval_only)
+    return trainer.save_results(extra={CARD_KEY: card})
 
 
 class Interrupted(KeyboardInterrupt):

@@ -612,8 +612,9 @@ class SimpleTrainer(TrainerBase):
         # ru_maxrss is in KiB on Linux.
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
 
-    def save_results(self, output_dir: str | None = None) -> dict:
-        """Write `results.json` (and `predictions.npz` with TEST.SAVE_PREDICTIONS) for the last test."""
+    def save_results(self, output_dir: str | None = None, extra: dict | None = None) -> dict:
+        """Write `results.json` (and `predictions.npz` with TEST.SAVE_PREDICTIONS) for the last test;
+        `extra` entries (train.py's provenance card) go into the same atomic write."""
         output_dir = output_dir or self.output_dir
         if self.last_test is None:
             raise RuntimeError("save_results() called before test(): there is nothing to write")
@@ -656,6 +657,7 @@ class SimpleTrainer(TrainerBase):
             "device": self.device.type,
         }
         record.update(self.extra_results())
+        record.update(extra or {})
         mkdir_if_missing(output_dir)
         write_json(record, os.path.join(output_dir, "results.json"))
         if cfg.TEST.SAVE_PREDICTIONS:

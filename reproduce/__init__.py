@@ -1,0 +1,1 @@
+"""Reproducing published numbers: the registry, `python -m reproduce`, and run diffs (see __main__)."""
