@@ -33,7 +33,7 @@ from engine.backbone import apply_preprocess
 from engine.config import added_keys, cfg_to_yaml, merge_from_file, merge_from_list
 from engine.data import DATASET_REGISTRY
 from engine.errors import ConfigValueError, MissingFileError, UserError, run_cli
-from engine.provenance import CARD_KEY, build_card, recording_prompts
+from engine.provenance import CARD_KEY, build_card
 from engine.trainer import select_device
 from engine.utils import FILE_ONLY, atomic_write_bytes, collect_env_info, mkdir_if_missing, set_random_seed, setup_logger
 
@@ -343,7 +343,7 @@ def main(args: argparse.Namespace) -> dict | None:
     atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg_to_yaml(cfg).encode("utf-8"))
     logger.info("Collecting env info ...\n%s", collect_env_info(), extra=FILE_ONLY)
 
-    with recording_prompts() as prompts:
+    with clip.recording_texts() as prompts:
         trainer = build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
@@ -357,11 +357,22 @@ def main(args: argparse.Namespace) -> dict | None:
     return None
 
 
+def backbone_file(name: str) -> str | None:
+    """The CLIP weights file that MODEL.BACKBONE.NAME loads, or None when none is on this machine."""
+    if name in clip.MODEL_FILES:
+        candidate = os.path.join(clip.default_cache_dir(), clip.MODEL_FILES[name][0])
+        return candidate if os.path.isfile(candidate) else None
+    try:
+        return clip.resolve_checkpoint(name) if name else None
+    except clip.CheckpointError:
+        return None
+
+
 def save_results_with_card(trainer, prompts: list[str], args: argparse.Namespace) -> dict:
     """results.json with the provenance card (engine/provenance.py) under "provenance", in one atomic write
     (the runner takes a results.json as the sign that a run finished)."""
-    card = build_card(trainer, prompts, model_dir=args.model_dir or None, load_epoch=args.load_epoch,
-                      trained_here=not args.eval_only)
+    card = build_card(trainer, prompts, backbone_file(trainer.cfg.MODEL.BACKBONE.NAME),
+                      model_dir=args.model_dir or None, load_epoch=args.load_epoch, trained_here=not args.eval_only)
     return trainer.save_results(extra={CARD_KEY: card})
 
 

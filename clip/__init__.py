@@ -31,7 +31,7 @@ from .model import (
     infer_config,
 )
 from .preprocess import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_transform, openai_preprocess_cfg
-from .tokenizer import EOT_TOKEN, SOT_TOKEN, decode_tokens, encode_text_tokens, tokenize
+from .tokenizer import EOT_TOKEN, SOT_TOKEN, decode_tokens, encode_text_tokens, recording_texts, tokenize
 
 __all__ = [
     "CLIP",
@@ -64,5 +64,6 @@ __all__ = [
     "preprocess_cfg",
     "register_local_model",
     "resolve_checkpoint",
+    "recording_texts",
     "tokenize",
 ]

@@ -9,11 +9,12 @@ text unless asked to truncate, while open_clip truncates silently.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import html
 import logging
-from typing import List, Sequence, Union
+from typing import Iterator, List, Sequence, Union
 
 import ftfy
 import regex
@@ -85,6 +86,22 @@ def decode_tokens(ids: Sequence[int]) -> str:
     return _bpe().decode(values)
 
 
+# Lists that `recording_texts` blocks collect tokenised texts into (innermost last).
+_TEXT_RECORDERS: List[List[str]] = []
+
+
+@contextlib.contextmanager
+def recording_texts() -> Iterator[List[str]]:
+    """Collect every text `tokenize` receives inside the block, in order: the prompts a trainer builds,
+    exactly as filled with the class names (train.py hashes them into the provenance card)."""
+    seen: List[str] = []
+    _TEXT_RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _TEXT_RECORDERS.remove(seen)
+
+
 def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77, truncate: bool = False) -> torch.Tensor:
     """Token ids [N, context_length] (int64): SOS + BPE ids + EOT, zero-padded.
 
@@ -93,6 +110,8 @@ def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77, truncat
     """
     if isinstance(texts, str):
         texts = [texts]
+    for recorder in _TEXT_RECORDERS:
+        recorder.extend(texts)
     result = torch.zeros(len(texts), context_length, dtype=torch.long)
     for i, text in enumerate(texts):
         ids = [SOT_TOKEN] + encode_text_tokens(text) + [EOT_TOKEN]

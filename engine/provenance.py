@@ -2,7 +2,7 @@
 
 `build_card(trainer, ...)` collects the code state (git commit, dirty flag), library versions, the
 device, the backbone file's SHA-256, hashes of the split file, the few-shot sample, the class-name
-list and the prompt texts the trainer tokenised, the exact train and test transform pipelines, the
+list and the prompt texts the trainer tokenised (`clip.recording_texts`, passed in by train.py), the exact train and test transform pipelines, the
 resolved config with its hash, and which checkpoint was evaluated. `python -m reproduce diff`
 compares two cards.
 
@@ -26,8 +26,7 @@ from engine.config import cfg_to_yaml
 from engine.layout import BEST_CHECKPOINT_NAME, parse_checkpoint_epoch
 from engine.utils import atomic_write_bytes
 
-__all__ = ["CARD_KEY", "LOCATION_KEYS", "build_card", "config_hash", "file_sha256", "recording_prompts",
-           "hash_cache_path"]
+__all__ = ["CARD_KEY", "LOCATION_KEYS", "build_card", "config_hash", "file_sha256", "hash_cache_path"]
 
 CARD_KEY = "provenance"
 # Config keys that say where things are, not what is computed: left out of the config hash (the
@@ -81,29 +80,6 @@ def file_sha256(path: str, cache_path: str | None = None) -> str:
     return digest.hexdigest()
 
 
-# ----------------------------------------------------------------------------- prompts
-@contextlib.contextmanager
-def recording_prompts() -> Iterator[list[str]]:
-    """Collect every text passed to `clip.tokenize` inside the block (the prompts a trainer builds).
-
-    Every trainer tokenises through `clip.tokenize`, so this records the templates exactly as
-    filled with the class names, whatever the method's own template table is called."""
-    import clip
-
-    seen: list[str] = []
-    original = clip.tokenize
-
-    def recorder(texts, *args, **kwargs):
-        seen.extend([texts] if isinstance(texts, str) else list(texts))
-        return original(texts, *args, **kwargs)
-
-    clip.tokenize = recorder
-    try:
-        yield seen
-    finally:
-        clip.tokenize = original
-
-
 # ----------------------------------------------------------------------------- parts of the card
 def git_state(repo_dir: str = REPO_ROOT) -> dict:
     """Commit of `repo_dir` and whether tracked files differ from it (None where git is unavailable)."""
@@ -142,19 +118,8 @@ def device_info(device) -> dict:
     return info
 
 
-def backbone_info(name: str) -> dict:
-    """The backbone's name, file and SHA-256 (file None when the name is not a file here)."""
-    import clip
-
-    path = None
-    if name in clip.MODEL_FILES:
-        candidate = os.path.join(clip.default_cache_dir(), clip.MODEL_FILES[name][0])
-        path = candidate if os.path.isfile(candidate) else None
-    elif name:
-        try:
-            path = clip.resolve_checkpoint(name)
-        except clip.CheckpointError:
-            path = None
+def backbone_info(name: str, path: str | None) -> dict:
+    """The backbone's name, file (None when it is not a file here) and the file's SHA-256."""
     return {"name": name, "file": path, "sha256": file_sha256(path) if path else None}
 
 
@@ -233,9 +198,10 @@ def _trained_on(model_dir: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- the card
-def build_card(trainer, prompts: list[str], model_dir: str | None = None, load_epoch: int | None = None,
-               trained_here: bool = True) -> dict:
-    """The provenance card of `trainer`'s last test (see the module docstring)."""
+def build_card(trainer, prompts: list[str], backbone_file: str | None, model_dir: str | None = None,
+               load_epoch: int | None = None, trained_here: bool = True) -> dict:
+    """The provenance card of `trainer`'s last test (see the module docstring); `backbone_file` is the
+    weights file the backbone was loaded from (the caller resolves it: the engine knows no model)."""
     cfg = trainer.cfg
     plain = plain_config(cfg)
     train_loader = getattr(trainer, "train_loader_x", None)
@@ -244,7 +210,7 @@ def build_card(trainer, prompts: list[str], model_dir: str | None = None, load_e
         "git": git_state(),
         "versions": library_versions(),
         "device": device_info(trainer.device),
-        "backbone": backbone_info(cfg.MODEL.BACKBONE.NAME),
+        "backbone": backbone_info(cfg.MODEL.BACKBONE.NAME, backbone_file),
         "data": data_info(trainer.dm.dataset, trainer.lab2cname, cfg.DATASET.NUM_SHOTS),
         "prompts": {"sha256": sha256_json(prompts), "count": len(prompts), "first": prompts[:3]},
         "transforms": {

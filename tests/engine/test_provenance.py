@@ -6,7 +6,7 @@ import json
 import os
 
 import clip
-from engine.provenance import config_hash, file_sha256, recording_prompts
+from engine.provenance import config_hash, file_sha256
 
 
 def test_file_digest_is_cached_by_path_mtime_and_size(tmp_path):
@@ -25,13 +25,14 @@ def test_file_digest_is_cached_by_path_mtime_and_size(tmp_path):
     assert file_sha256(str(data), str(cache)) == hashlib.sha256(b"abcd" * 1000).hexdigest()
 
 
-def test_recording_prompts_sees_what_is_tokenised_and_restores_the_tokenizer():
-    original = clip.tokenize
-    with recording_prompts() as prompts:
+def test_recording_texts_sees_what_is_tokenised_only_inside_the_block():
+    from clip.tokenizer import tokenize as imported_by_name
+
+    with clip.recording_texts() as prompts:
         clip.tokenize(["a photo of a cat.", "a photo of a dog."])
-        clip.tokenize("itap of a car.")
+        imported_by_name("itap of a car.")  # a method that imported the function itself is seen too
+    clip.tokenize("after the block.")
     assert prompts == ["a photo of a cat.", "a photo of a dog.", "itap of a car."]
-    assert clip.tokenize is original
 
 
 def test_config_hash_ignores_locations_but_not_settings():

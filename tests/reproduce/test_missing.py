@@ -10,8 +10,11 @@ def test_rows_without_data_weights_or_recipe_are_reported(tmp_path, monkeypatch,
     data = tmp_path / "data"
     data.mkdir()
     rows = ["coop-b2n-average-H-skiptuning", "maple-b2n-average-H-skiptuning", "dyt-vtab-average-acc-vitb16in21k-dyt"]
+    # A sweep file like configs.py without the MaPLe and DyT recipes (rows whose method has no task yet).
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text((REPO_ROOT / "configs.py").read_text() + "\nglobals().pop('maple', None)\nglobals().pop('dyt_vtab', None)\n")
     status = main(["--record", str(tmp_path / "rec.csv"), "run", *rows, "--root", str(data),
-                   "--output", str(tmp_path / "out")])
+                   "--output", str(tmp_path / "out"), "--configs", str(sweep)])
     captured = capsys.readouterr()
     assert status == 1 and "Traceback" not in captured.err
     lines = {line.split()[0]: line for line in captured.out.splitlines() if line.split()}
@@ -22,7 +25,7 @@ def test_rows_without_data_weights_or_recipe_are_reported(tmp_path, monkeypatch,
     assert f"no data folder(s) imagenet, sun397, stanford_cars, oxford_flowers, food-101, ucf101, caltech-101, " \
         f"fgvc_aircraft, dtd, oxford_pets, eurosat under {data}" in out
     assert f"no backbone weights {tmp_path}/no_weights/ViT-B-16.pt" in out
-    # MaPLe and DyT: no recipe in configs.py yet.
+    # MaPLe and DyT: no recipe in that sweep file.
     assert "recipe 'maple' is not a task in configs.py" in out
     assert "recipe 'dyt_vtab' is not a task in configs.py" in out
     assert not (tmp_path / "out" / "outputs").exists()  # nothing was started
@@ -34,7 +37,7 @@ def test_missing_root_folder_is_a_user_error(tmp_path, capsys):
 
 
 def test_row_whose_trainer_is_not_registered_says_so(tmp_path, monkeypatch, capsys):
-    # A recipe for MaPLe exists (a sweep file like configs.py plus a `maple` task), its trainer not yet;
+    # The `maple` recipe names a trainer that is not registered (as for a method whose recipe lands first);
     # the data folder and a (dummy) weights file are there, so the trainer is what stops the row.
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -42,10 +45,10 @@ def test_row_whose_trainer_is_not_registered_says_so(tmp_path, monkeypatch, caps
     monkeypatch.setenv("CLIP_CACHE_DIR", str(weights))
     (tmp_path / "data" / "caltech-101").mkdir(parents=True)
     sweep = tmp_path / "sweep.py"
-    sweep.write_text((REPO_ROOT / "configs.py").read_text() + "\nmaple = dict(train=dict(trainer='MaPLe', cfg='CoOp/vit_b16'))\n")
+    sweep.write_text((REPO_ROOT / "configs.py").read_text() + "\nmaple = dict(train=dict(trainer='MaPLeNext', cfg='CoOp/vit_b16'))\n")
     status = main(["--record", str(tmp_path / "rec.csv"), "run", "maple-b2n-caltech101-base-skiptuning",
                    "--root", str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--configs", str(sweep)])
     out = capsys.readouterr().out
     assert status == 1
     assert "maple-b2n-caltech101-base-skiptuning" in out and "no number (1)" in out
-    assert "(1) cannot run: " in out and "MaPLe" in out and "Traceback" not in out
+    assert "(1) cannot run: " in out and "MaPLeNext" in out and "Traceback" not in out
