@@ -225,6 +225,14 @@ class DyTOutput:
 
 
 @dataclass
+class StepTrace:
+    """What the last training step's passes gave besides the loss (for logging and tests)."""
+
+    gates: torch.Tensor  # [B, L, N-1], the student's hard gates
+    teacher_logits: torch.Tensor | None
+
+
+@dataclass
 class InferenceStats:
     """What the evaluation measured on the real-skipping path."""
 
@@ -253,6 +261,7 @@ class DyTViT(nn.Module):
         vit.head.requires_grad_(True)
         self.real_skip = True
         self.stats: InferenceStats | None = None
+        self.last_step: StepTrace | None = None
 
     def trained_state(self) -> "TrainedParts":
         return TrainedParts(self.vit)
@@ -300,6 +309,7 @@ class DyTViT(nn.Module):
                 F.log_softmax(student.logits, dim=-1), F.log_softmax(teacher.detach(), dim=-1),
                 log_target=True, reduction="batchmean")
         loss = Loss(F.cross_entropy(student.logits, labels), regularisers)
+        self.last_step = StepTrace(student.gates.detach(), teacher.detach() if st.distill else None)
         return StepOutput(loss, student.logits, labels, metrics={"activation_rate": rate.item()})
 
 
@@ -384,21 +394,30 @@ class DyT(ClipMethod):
         d.DROP_PATH = 0.0  # --drop_path
         d.MIN_LR = 1e-5  # --min_lr: end of the half cosine
         d.REAL_SKIP = True  # inference gathers the kept tokens (False: MLP on all, output x gate)
+        # The original's recipe is the default (configs/trainers/DyT/vit_b16_vtab.yaml says the same).
+        # Its LR schedule is always DyTSchedule: OPTIM.LR_SCHEDULER is not read.
+        cfg.OPTIM.NAME = "adamw"
+        cfg.OPTIM.LR = 1e-3
+        cfg.OPTIM.WEIGHT_DECAY = 1e-4
+        cfg.OPTIM.MAX_EPOCH = 100
+        cfg.OPTIM.WARMUP_EPOCH = 10
+        cfg.OPTIM.LR_SCHEDULER = "cosine"
+        cfg.OPTIM.LR_STEP_UNIT = "iteration"
+        cfg.DATALOADER.TRAIN_X.BATCH_SIZE = 64
+        cfg.INPUT.TRANSFORMS = ("normalize",)
 
     @classmethod
     def check_cfg(cls, cfg) -> None:
-        super().check_cfg(cfg)
         d = cfg.TRAINER.DYT
+        if d.PREC not in ("amp", "fp32"):
+            raise ConfigValueError(f"TRAINER.DYT.PREC must be 'amp' (fp16 autocast on CUDA, as the original) or "
+                                   f"'fp32', got {d.PREC!r}")
         if d.ADAPTER not in ("ffn", "moe"):
             raise ConfigValueError(f"TRAINER.DYT.ADAPTER must be 'ffn' or 'moe', got {d.ADAPTER!r}")
         if d.FFN_NUM < 1 or (d.ADAPTER == "moe" and d.MOE_EXPERTS < 1):
             raise ConfigValueError("TRAINER.DYT.FFN_NUM and TRAINER.DYT.MOE_EXPERTS must be >= 1")
         if not 0 <= d.ADAPTER_DROPOUT < 1:
             raise ConfigValueError(f"TRAINER.DYT.ADAPTER_DROPOUT must be in [0, 1), got {d.ADAPTER_DROPOUT}")
-        if cfg.OPTIM.LR_SCHEDULER != "cosine":
-            raise ConfigValueError(
-                f"DyT uses its warm-up + half-cosine schedule: set OPTIM.LR_SCHEDULER cosine (got "
-                f"{cfg.OPTIM.LR_SCHEDULER!r}); OPTIM.WARMUP_EPOCH and TRAINER.DYT.MIN_LR shape it.")
 
     @classmethod
     def backbone_preprocess(cls, cfg) -> Preprocess:
@@ -413,6 +432,13 @@ class DyT(ClipMethod):
         return DyTSettings(d.FFN_NUM, float(d.SCALE), float(d.ADAPTER_DROPOUT), float(d.TAU),
                            float(d.TOKEN_TARGET_RATIO), float(d.TOKEN_LOSS_RATIO), bool(d.DISTILL), d.ADAPTER,
                            d.MOE_EXPERTS)
+
+    def autocast(self):
+        """PREC amp as the original: fp16 autocast on CUDA; on a CPU the original's autocast and
+        GradScaler switch themselves off, so amp runs in fp32 there."""
+        if self.precision(self.cfg) == "amp" and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ data
     def build_data_loader(self) -> None:
