@@ -262,9 +262,18 @@ class DyTViT(nn.Module):
         self.real_skip = True
         self.stats: InferenceStats | None = None
         self.last_step: StepTrace | None = None
+        self.eval()  # new modules start in train mode; inference must not draw Gumbel noise
 
     def trained_state(self) -> "TrainedParts":
-        return TrainedParts(self.vit)
+        """The trained modules under the original's names (kept outside the module tree, so the
+        model's own state dict does not list them twice)."""
+        if "_trained" not in self.__dict__:
+            self.__dict__["_trained"] = TrainedParts(self.vit)
+        return self.__dict__["_trained"]
+
+    def learnable_modules(self) -> dict[str, nn.Module]:
+        """Checkpoint folder name -> module (the MethodModel interface)."""
+        return {"dyt": self.trained_state()}
 
     def run(self, images: torch.Tensor, mode: str, draws: Draws | None = None, pass_index: int = 0) -> DyTOutput:
         if mode not in MODES:
@@ -376,6 +385,7 @@ class DyT(ClipMethod):
     precision_key = "TRAINER.DYT.PREC"
     recipe = "DyT/vit_b16_vtab"
     backbone_kind = "timm_vit"  # MODEL.BACKBONE.NAME is a weights file of TRAINER.DYT.ARCH
+    arch_key = "TRAINER.DYT.ARCH"
 
     @staticmethod
     def extend_cfg(cfg) -> None:
