@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
@@ -428,6 +429,12 @@ class DyT(ClipMethod):
             raise ConfigValueError("TRAINER.DYT.FFN_NUM and TRAINER.DYT.MOE_EXPERTS must be >= 1")
         if not 0 <= d.ADAPTER_DROPOUT < 1:
             raise ConfigValueError(f"TRAINER.DYT.ADAPTER_DROPOUT must be in [0, 1), got {d.ADAPTER_DROPOUT}")
+        path = _backbone_file(cfg.MODEL.BACKBONE.NAME)
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise MissingFileError(
+                f"MODEL.BACKBONE.NAME: ViT weights file not found: {path}. DyT needs the weights of "
+                f"TRAINER.DYT.ARCH={d.ARCH} (for vit_base_patch16_224.orig_in21k: the original Google ImageNet-21k "
+                "ViT-B/16, jx_vit_base_patch16_224_in21k-e5005f0a.pth or ViT-B_16.npz); see README.md#dyt.")
 
     @classmethod
     def backbone_preprocess(cls, cfg) -> Preprocess:
@@ -547,13 +554,8 @@ class DyT(ClipMethod):
 
 
 def _backbone_file(name: str) -> str:
-    """MODEL.BACKBONE.NAME: a weights file, or a registered local model (the demo ViT)."""
-    from clip.loading import _local_file
-
+    """MODEL.BACKBONE.NAME: the ViT weights file."""
     if not name:
         raise ConfigValueError("MODEL.BACKBONE.NAME is empty: give the path of the ViT weights file "
                                "(e.g. jx_vit_base_patch16_224_in21k-e5005f0a.pth).")
-    try:
-        return _local_file(name)
-    except Exception:
-        return name  # build_timm_vit names a missing file
+    return name
