@@ -272,9 +272,16 @@ class DyTViT(nn.Module):
             self.__dict__["_trained"] = TrainedParts(self.vit)
         return self.__dict__["_trained"]
 
+    # ---- the parts of trainers.base.MethodModel's interface the engine and benchmarks use
+    trains_on_image_prefix = False
+    text_depends_on_image = False
+
     def learnable_modules(self) -> dict[str, nn.Module]:
-        """Checkpoint folder name -> module (the MethodModel interface)."""
+        """Checkpoint folder name -> module."""
         return {"dyt": self.trained_state()}
+
+    def prepare_training(self) -> None:
+        """Nothing to prepare before an epoch."""
 
     def run(self, images: torch.Tensor, mode: str, draws: Draws | None = None, pass_index: int = 0) -> DyTOutput:
         if mode not in MODES:
