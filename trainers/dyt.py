@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
@@ -41,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine import TRAINER_REGISTRY
 from engine.backbone import Preprocess
+from engine.checkpoint import UnsafeCheckpointError
 from engine.config import CfgNode as CN
 from engine.data.transforms import build_transform
 from engine.errors import ConfigValueError, MissingFileError
@@ -379,6 +381,10 @@ def load_original_checkpoint(path: str) -> dict[str, torch.Tensor]:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise MissingFileError(f"MODEL.INIT_WEIGHTS: checkpoint not found: {path}") from None
+        except pickle.UnpicklingError as error:
+            raise UnsafeCheckpointError(
+                f"Refusing to load {path}: it needs more than tensors, plain containers and argparse.Namespace "
+                f"(the original DyT checkpoint's `args`): {error}") from error
     for key in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             return checkpoint[key]
@@ -412,6 +418,7 @@ class DyT(ClipMethod):
         d.DROP_PATH = 0.0  # --drop_path
         d.MIN_LR = 1e-5  # --min_lr: end of the half cosine
         d.REAL_SKIP = True  # inference gathers the kept tokens (False: MLP on all, output x gate)
+        d.EVAL_FREQ = 1  # --eval_freq: test every N epochs; results.json gets the best (what DyT reports); 0: off
         # The original's recipe is the default (configs/trainers/DyT/vit_b16_vtab.yaml says the same).
         # Its LR schedule is always DyTSchedule: OPTIM.LR_SCHEDULER is not read.
         cfg.OPTIM.NAME = "adamw"
@@ -534,6 +541,27 @@ class DyT(ClipMethod):
         self.model.train(mode == "train")
 
     # ------------------------------------------------------------------ evaluation
+    def after_epoch(self) -> None:
+        """The original tests every EVAL_FREQ epochs and reports the best test accuracy; the last
+        epoch is tested by the run's closing test. Done before the resume point is written."""
+        freq, finished = self.cfg.TRAINER.DYT.EVAL_FREQ, self.epoch + 1
+        if freq > 0 and finished % freq == 0 and finished < self.max_epoch and not self.cfg.TEST.NO_TEST:
+            self.epoch_accuracy[finished] = float(self.test())
+        super().after_epoch()
+
+    @property
+    def epoch_accuracy(self) -> dict[int, float]:
+        if "_epoch_accuracy" not in self.__dict__:
+            self._epoch_accuracy: dict[int, float] = {}
+        return self._epoch_accuracy
+
+    def resume_state(self) -> dict:
+        return {**super().resume_state(), "epoch_accuracy": dict(self.epoch_accuracy)}
+
+    def load_resume_state(self, state) -> None:
+        super().load_resume_state(state)
+        self.epoch_accuracy.update({int(k): float(v) for k, v in (state.get("epoch_accuracy") or {}).items()})
+
     def test(self, split: str | None = None) -> float:
         self.model.stats = InferenceStats()
         try:
@@ -551,7 +579,15 @@ class DyT(ClipMethod):
         if s is None or not s.images:
             return {}
         per_layer = (s.kept_per_layer / (s.images * s.patch_tokens)).tolist()
+        by_epoch = dict(self.epoch_accuracy)
+        if self.finished_epochs and self.last_test is not None and self.last_test["split"] == "test":
+            by_epoch[self.finished_epochs] = float(self.last_test["results"]["accuracy"])
+        best = max(by_epoch.items(), key=lambda kv: (kv[1], kv[0])) if by_epoch else None
         return {
+            # The original's number: the best test accuracy over the tested epochs (>= keeps the later).
+            "best_epoch_accuracy": best[1] if best else None,
+            "best_epoch": best[0] if best else None,
+            "accuracy_by_epoch": {str(k): v for k, v in sorted(by_epoch.items())},
             # fvcore's convention (one multiply-add = 1), as the original's FLOPs table.
             "gflops_per_image": s.flops / 2 / s.images / 1e9,
             "flops_counter": "torch FlopCounterMode on the real-skipping path (REAL_SKIP), multiply-adds",
