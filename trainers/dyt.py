@@ -30,8 +30,8 @@ import logging
 import math
 import os
 import pickle
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn as nn
@@ -133,14 +133,13 @@ class Adapter(nn.Module):
         nn.init.zeros_(self.down_proj.bias)
         nn.init.zeros_(self.up_proj.bias)
 
-    def hidden(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        h = F.relu(self.down_proj(x))
-        if keep is not None and self.training:  # a recorded dropout draw, as F.dropout applies it
+    def drop(self, h: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        if keep is not None and self.training:  # a recorded dropout draw, applied as F.dropout does
             return h * (keep.to(h.dtype) / (1 - self.dropout))
         return F.dropout(h, self.dropout, self.training)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        return self.up_proj(self.hidden(x, keep)) * self.scale
+        return self.up_proj(self.drop(F.relu(self.down_proj(x)), keep)) * self.scale
 
 
 class MoEAdapter(Adapter):
@@ -168,9 +167,7 @@ class MoEAdapter(Adapter):
         up_w = torch.cat([self.up_proj.weight[None], self.up_experts])
         up_b = torch.cat([self.up_proj.bias[None], self.up_bias_experts])
         h = torch.einsum("bnd,bkd->bnk", x, torch.einsum("be,ekd->bkd", alpha, down_w)) + (alpha @ down_b)[:, None]
-        h = F.relu(h)
-        h = h * (keep.to(h.dtype) / (1 - self.dropout)) if keep is not None and self.training else F.dropout(
-            h, self.dropout, self.training)
+        h = self.drop(F.relu(h), keep)
         out = torch.einsum("bnk,bdk->bnd", h, torch.einsum("be,edk->bdk", alpha, up_w)) + (alpha @ up_b)[:, None]
         return out * self.scale
 
