@@ -96,6 +96,14 @@ def trained(backbone_file, golden):
     return model, images
 
 
+@pytest.fixture(scope="module")
+def masked(trained):
+    """Our masked (soft) eval forward of the 20 test images: used by (a) and (b)."""
+    model, images = trained
+    with torch.no_grad():
+        return model.run(images, "dynamic")
+
+
 def _flipped_images(golden, masks: np.ndarray) -> set[int]:
     """Images with a mask mismatch; each must sit on a golden logit within NEAR_ZERO of 0."""
     diff = masks != golden["eval/token_select"]
@@ -110,13 +118,12 @@ def _assert_logits(ours: np.ndarray, ref: np.ndarray, skip: set[int]) -> float:
     return worst
 
 
-def test_a_masked_eval_matches_the_original(trained, golden):
+def test_a_masked_eval_matches_the_original(trained, masked, golden):
     model, images = trained
+    out = masked
     assert np.allclose(  # the inputs are the reference's (float64 sums of 150k values: 1e-6 relative)
         np.stack([images.double().sum((1, 2, 3)).numpy(), images.double().abs().sum((1, 2, 3)).numpy()], 1),
         golden["meta/input_sum_abssum"], rtol=1e-6, atol=1e-2)
-    with torch.no_grad():
-        out = model.run(images, "dynamic")
     masks = out.gates.numpy().astype(np.uint8)
     flipped = _flipped_images(golden, masks)
     _assert_logits(out.logits.numpy(), golden["eval/logits"], flipped)
@@ -130,14 +137,13 @@ def test_a_masked_eval_matches_the_original(trained, golden):
         assert np.allclose(masks.mean(axis=(0, 2)), golden["meta/activation_rate_per_layer"], atol=1e-6)
 
 
-def test_b_real_skipping_matches_the_original_and_our_masked_path(trained, golden, eval_run):
+def test_b_real_skipping_matches_the_original_and_our_masked_path(trained, masked, golden, eval_run):
     """Our inference path really skips (train.py's evaluation: batches gathered across images)."""
     model, images = trained
     skip_logits = eval_run.logits
     _assert_logits(skip_logits, golden["eval/logits_real_skip_batched"], set())
     _assert_logits(skip_logits, golden["eval/logits"], set())
     with torch.no_grad():
-        masked = model.run(images, "dynamic")
         single = model.run(images[9:10], "skip")
         complete = model.run(images[:2], "complete").logits.numpy()
     # Same weights, same masks: the paths differ only by float32 summation order.
