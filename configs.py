@@ -189,6 +189,7 @@ maple_xd = dict(train=dict(mode='xd', trainer='MaPLe', cfg='vit_b16_c2_ep5_batch
 maple_all = dict(train=dict(mode='all', trainer='MaPLe', cfg='vit_b16_c2_ep5_batch4_2ctx'),
                  grid_search=dict(params=[dict(name='DATASET.NUM_SHOTS', alias='shot', values=[1, 2, 4, 8, 16])]),
                  demo=_maple_demo)
+
 # ---- TaskRes ----
 # The original's scripts (train_regular.sh, test_dg.sh): RN50, Adam, batch 256, RESIDUAL_SCALE 0.5 (Flowers: 1.0),
 # LR 2e-3 (ImageNet: 2e-4), 100 epochs for 1/2/4 shots and 200 for 8/16 (configs adam_lr2e-{3,4}_B256_ep{100,200}):
@@ -241,3 +242,26 @@ clip_adapter_all = _adapter('CoOp/rn50_ep50', [1], _adapter_datasets)
 clip_adapter_all_ep100 = _adapter('CoOp/rn50_ep100', [2, 4], _adapter_datasets)
 clip_adapter_all_ep200 = _adapter('CoOp/rn50', [8, 16], _adapter_datasets)
 clip_adapter_imagenet_all = _adapter('CoOp/rn50_ep50', [1, 2, 4, 8, 16], ['imagenet'])
+# ---- DyT ----
+# Dynamic Tuning on VTAB-1K (train_vtab.sh): one run per task on train800val200, tested on test.txt.
+# MODEL.BACKBONE.NAME: the original Google ImageNet-21k ViT-B/16 weights (timm
+# vit_base_patch16_224.orig_in21k, file jx_vit_base_patch16_224_in21k-e5005f0a.pth); set your path.
+# The original never seeds (seeds=[1] here; add seeds for a spread). shots=-1: all 1000 images.
+_dyt_backbone = ['MODEL.BACKBONE.NAME', 'weights/jx_vit_base_patch16_224_in21k-e5005f0a.pth']
+_vtab_natural = ['vtab_cifar', 'vtab_caltech101', 'vtab_dtd', 'vtab_oxford_flowers102', 'vtab_oxford_iiit_pet',
+                 'vtab_svhn', 'vtab_sun397']
+_vtab_specialized = ['vtab_patch_camelyon', 'vtab_eurosat', 'vtab_resisc45', 'vtab_diabetic_retinopathy']
+_vtab_structured = ['vtab_clevr_count', 'vtab_clevr_dist', 'vtab_dmlab', 'vtab_kitti', 'vtab_dsprites_loc',
+                    'vtab_dsprites_ori', 'vtab_smallnorb_azi', 'vtab_smallnorb_ele']
+
+dyt_vtab = dict(
+    data=dict(datasets_all=_vtab_natural + _vtab_specialized + _vtab_structured),
+    train=dict(mode='all', trainer='DyT', cfg='vit_b16_vtab', seeds=[1], shots=-1, opts=_dyt_backbone),
+)
+
+# A few-task smoke run of the same recipe (one task per VTAB group, 10 epochs).
+dyt_vtab_smoke = dict(
+    data=dict(datasets_all=['vtab_cifar', 'vtab_eurosat', 'vtab_dsprites_loc']),
+    train=dict(mode='all', trainer='DyT', cfg='vit_b16_vtab', seeds=[1], shots=-1,
+               opts=_dyt_backbone + ['OPTIM.MAX_EPOCH', '10', 'OPTIM.WARMUP_EPOCH', '1']),
+)

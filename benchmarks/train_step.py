@@ -88,6 +88,23 @@ def write_random_clip(path: str, geometry: str, image_size: int) -> None:
     torch.save(model.state_dict(), path)
 
 
+# A method on a timm ViT (`backbone_kind = "timm_vit"`, DyT) gets a random timm ViT of the geometry.
+TIMM_ARCHS = {"vit_b16": "vit_base_patch16_224", "tiny": "vit_tiny_patch16_224"}
+
+
+def write_random_vit(path: str, geometry: str, image_size: int) -> None:
+    """Random weights of the timm ViT of `geometry` at `image_size`, as a timm state dict."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(TIMM_ARCHS[geometry], img_size=image_size, num_classes=0)
+    torch.save(model.state_dict(), path)
+
+
+def backbone_kind(trainer_name: str) -> str:
+    return getattr(TRAINER_REGISTRY.get(trainer_name), "backbone_kind", "clip")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -112,7 +129,7 @@ def _flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def build(trainer_name: str, args, clip_path: str, out_dir: str):
+def build(trainer_name: str, args, backbone_path: str, out_dir: str):
     import train
     from engine import build_trainer
 
@@ -122,13 +139,16 @@ def build(trainer_name: str, args, clip_path: str, out_dir: str):
         "--trainer", trainer_name, "--seed", "1", "--output-dir", out_dir,
         "--config-file", os.path.join(REPO_ROOT, "configs", "trainers", f"{trainer_cls.recipe}.yaml"),
         "DATASET.NAME", DATASET_NAME,
-        "MODEL.BACKBONE.NAME", clip_path,
+        "MODEL.BACKBONE.NAME", backbone_path,
         "DATALOADER.NUM_WORKERS", "0",
         "DATALOADER.TRAIN_X.BATCH_SIZE", str(args.batch),
         "DATALOADER.TEST.BATCH_SIZE", str(args.batch),
         "USE_CUDA", str(args.device == "cuda"),
         trainer_cls.precision_key, args.prec,
     ]
+    if backbone_kind(trainer_name) == "timm_vit":
+        size = f"({args.image_size}, {args.image_size})"
+        argv += [trainer_cls.arch_key, TIMM_ARCHS[args.geometry], "INPUT.SIZE", size]
     cfg = train.setup_cfg(train.build_parser().parse_args(argv))
     return build_trainer(cfg)
 
@@ -152,9 +172,10 @@ def measure(trainer_name: str, args) -> dict[str, Any]:
     """Build the trainer and measure its step; returns the JSON record."""
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        clip_path = os.path.join(tmp, "clip.pt")
-        write_random_clip(clip_path, args.geometry, args.image_size)
-        trainer = build(trainer_name, args, clip_path, os.path.join(tmp, "out"))
+        backbone_path = os.path.join(tmp, "backbone.pt")
+        write = write_random_vit if backbone_kind(trainer_name) == "timm_vit" else write_random_clip
+        write(backbone_path, args.geometry, args.image_size)
+        trainer = build(trainer_name, args, backbone_path, os.path.join(tmp, "out"))
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     labels = torch.zeros(args.batch, dtype=torch.long, device=device)

@@ -90,10 +90,12 @@ def timm_preprocess_cfg(name: str) -> dict[str, Any]:
     }
 
 
-def build_timm_vit(name: str, path: str, num_classes: int = 0) -> torch.nn.Module:
+def build_timm_vit(name: str, path: str, num_classes: int = 0, **model_kwargs: Any) -> torch.nn.Module:
     """timm Vision Transformer `name` with the weights of the file `path`, in eval mode.
 
-    ``num_classes=0`` gives a model without a head (its forward returns pooled features). The
+    ``num_classes=0`` gives a model without a head (its forward returns pooled features).
+    `model_kwargs` go to ``timm.create_model`` (e.g. ``img_size``: timm's filter then resamples
+    the file's position embedding to that grid). The
     file's ``head.*`` is loaded only if it fits ``num_classes``; otherwise it is dropped and the
     model's freshly initialised head kept. Any other missing, extra or misshapen tensor is a
     `BackboneWeightsError` naming the file and the keys.
@@ -105,7 +107,7 @@ def build_timm_vit(name: str, path: str, num_classes: int = 0) -> torch.nn.Modul
             f"backbone weights file not found: {path} (for timm model {name!r}). Download the weights of "
             f"{name!r} once and point at the file. {FORMATS_HINT}."
         )
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **model_kwargs)
     if not isinstance(model, VisionTransformer):
         raise ConfigValueError(f"timm model {name!r} is a {type(model).__name__}, not a Vision Transformer.")
     if path.lower().endswith(".npz"):

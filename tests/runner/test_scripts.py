@@ -51,8 +51,24 @@ def test_every_method_has_every_protocol_script():
             path = os.path.join(REPO_ROOT, "scripts", method, name)
             assert os.access(path, os.X_OK), path
             assert subprocess.run(["bash", "-n", path]).returncode == 0
-    expected = sum(len(scripts_of(m)) + 1 for m in METHODS)  # + method.sh
+    # Methods with their own protocol (DyT: VTAB-1K) and its scripts instead of the five.
+    own = {"dyt": ("method.sh", "vtab.sh", "vtab_all.sh")}
+    for method, names in own.items():
+        for name in names:
+            assert subprocess.run(["bash", "-n", os.path.join(REPO_ROOT, "scripts", method, name)]).returncode == 0
+    n_own = sum(len(names) for names in own.values())
+    expected = sum(len(scripts_of(m)) + 1 for m in METHODS) + n_own  # + method.sh
     assert len(glob.glob(os.path.join(REPO_ROOT, "scripts", "*", "*.sh"))) == expected
+
+
+def test_dyt_vtab_script_builds_the_runners_run():
+    out, _ = dry_run("dyt", "vtab.sh", "vtab_eurosat", "1", "MODEL.BACKBONE.NAME", "vit.pth", DATA="/data")
+    assert out == (
+        "python train.py --root /data --seed 1 --trainer DyT --dataset-config-file configs/datasets/vtab_eurosat.yaml "
+        "--config-file configs/trainers/DyT/vit_b16_vtab.yaml --output-dir "
+        "outputs/dyt_vtab/DyT/vtab_eurosat/shots-1/vit_b16_vtab/seed1 DATASET.NUM_SHOTS -1 "
+        "DATASET.SUBSAMPLE_CLASSES all MODEL.BACKBONE.NAME weights/jx_vit_base_patch16_224_in21k-e5005f0a.pth "
+        "MODEL.BACKBONE.NAME vit.pth")
 
 
 def minimal_command(job: Job) -> str:

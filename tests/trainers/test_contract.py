@@ -1,6 +1,8 @@
 """One contract for every method in TRAINER_REGISTRY: a method added later is checked here without
 new test code. Each runs with its own recipe (`ClipMethod.recipe`) on a small random CLIP whose depth
 is ViT-B/16's (12 blocks per tower, so every method's default depth settings fit), in fp32 on CPU.
+A method on a timm ViT (`backbone_kind = "timm_vit"`, e.g. DyT) gets a random 12-block ViT-Tiny at
+32 px instead, named by its `arch_key`.
 
 - it builds and evaluates;
 - one training step changes its learnable parameters and nothing else;
@@ -31,19 +33,45 @@ def deep_clip_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_vit_path(tmp_path_factory):
+    """timm's ViT-Tiny geometry (width 192, 12 blocks, 3 heads) at 32 px: 2x2 patches, random weights."""
+    import timm
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vit") / "vit_tiny_32.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=0).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def backbones(deep_clip_path, tiny_vit_path):
+    return {"clip": deep_clip_path, "timm_vit": tiny_vit_path}
+
+
+def backbone_opts(name: str, backbones) -> list[str]:
+    trainer = TRAINER_REGISTRY.get(name)
+    kind = getattr(trainer, "backbone_kind", "clip")
+    if kind == "clip":
+        return ["MODEL.BACKBONE.NAME", str(backbones["clip"])]
+    # The recipe's first steps warm up from LR 0 (DyT's): without warm-up the first step moves.
+    return ["MODEL.BACKBONE.NAME", str(backbones[kind]), trainer.arch_key, "vit_tiny_patch16_224",
+            "INPUT.SIZE", "(32, 32)", "OPTIM.WARMUP_EPOCH", "0"]
+
+
+@pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     from tests.factories.datasets import make_caltech101_tree
 
     return make_caltech101_tree(tmp_path_factory.mktemp("data") / "root")
 
 
-def argv(name: str, root, clip_path, out, *opts: str, subsample: str = "base", flags: tuple = ()) -> list[str]:
+def argv(name: str, root, backbones, out, *opts: str, subsample: str = "base", flags: tuple = ()) -> list[str]:
     trainer = TRAINER_REGISTRY.get(name)
     return [
         "--root", str(root), "--seed", "1", "--trainer", name, *flags,
         "--dataset-config-file", config_path("datasets", "caltech101.yaml"),
         "--config-file", config_path("trainers", f"{trainer.recipe}.yaml"), "--output-dir", str(out),
-        "MODEL.BACKBONE.NAME", str(clip_path), trainer.precision_key, "fp32",
+        *backbone_opts(name, backbones), trainer.precision_key, "fp32",
         "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "8",
         "DATASET.SUBSAMPLE_CLASSES", subsample, "OPTIM.MAX_EPOCH", "2", "OPTIM.LR", "0.01", *opts,
     ]
@@ -63,17 +91,17 @@ def test_every_method_has_a_recipe_and_a_precision_key():
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_builds_on_a_small_clip_and_evaluates(name, data_root, deep_clip_path, tmp_path):
+def test_builds_on_a_small_clip_and_evaluates(name, data_root, backbones, tmp_path):
     flags = () if TRAINER_REGISTRY.get(name).has_training else ("--eval-only",)
-    trainer = build(argv(name, data_root, deep_clip_path, tmp_path, flags=flags))
+    trainer = build(argv(name, data_root, backbones, tmp_path, flags=flags))
     batch = next(iter(trainer.test_loader))
     logits = trainer.model_inference(batch["img"])
     assert logits.shape == (len(batch["img"]), trainer.num_classes) and torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("name", TRAINED)
-def test_one_step_changes_the_learnable_parameters_and_nothing_else(name, data_root, deep_clip_path, tmp_path):
-    trainer = build(argv(name, data_root, deep_clip_path, tmp_path))
+def test_one_step_changes_the_learnable_parameters_and_nothing_else(name, data_root, backbones, tmp_path):
+    trainer = build(argv(name, data_root, backbones, tmp_path))
     before = {k: v.detach().clone() for k, v in trainer.model.state_dict(keep_vars=False).items()}
     trainable = {k for k, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable, "a trained method must have trainable parameters"
@@ -96,34 +124,34 @@ def test_one_step_changes_the_learnable_parameters_and_nothing_else(name, data_r
 
 
 @pytest.fixture(scope="module")
-def trained_runs(data_root, deep_clip_path, tmp_path_factory):
+def trained_runs(data_root, backbones, tmp_path_factory):
     """Each trained method's uninterrupted 2-epoch run on the base classes, made once: name -> output dir."""
     runs = {}
 
     def get(name: str):
         if name not in runs:
             runs[name] = tmp_path_factory.mktemp(f"run_{name}")
-            run_train(argv(name, data_root, deep_clip_path, runs[name]))
+            run_train(argv(name, data_root, backbones, runs[name]))
         return runs[name]
 
     return get
 
 
 @pytest.mark.parametrize("name", TRAINED)
-def test_save_then_load_gives_identical_logits_and_new_classes_load(name, data_root, deep_clip_path, tmp_path,
+def test_save_then_load_gives_identical_logits_and_new_classes_load(name, data_root, backbones, tmp_path,
                                                                     trained_runs):
     trained_dir = trained_runs(name)
-    first = build(argv(name, data_root, deep_clip_path, tmp_path / "a", flags=("--eval-only",)))
+    first = build(argv(name, data_root, backbones, tmp_path / "a", flags=("--eval-only",)))
     images = next(iter(first.test_loader))["img"]
     untrained_logits = first.model_inference(images)
     first.load_model(str(trained_dir), epoch=2)
-    second = build(argv(name, data_root, deep_clip_path, tmp_path / "b", flags=("--eval-only",)))
+    second = build(argv(name, data_root, backbones, tmp_path / "b", flags=("--eval-only",)))
     second.load_model(str(trained_dir), epoch=2)
     logits = first.model_inference(images)
     assert torch.equal(logits, second.model_inference(images))
     assert not torch.equal(logits, untrained_logits)  # the checkpoint mattered
 
-    new = build(argv(name, data_root, deep_clip_path, tmp_path / "new", subsample="new", flags=("--eval-only",)))
+    new = build(argv(name, data_root, backbones, tmp_path / "new", subsample="new", flags=("--eval-only",)))
     new.load_model(str(trained_dir), epoch=2)
     batch = next(iter(new.test_loader))
     assert new.model_inference(batch["img"]).shape == (len(batch["img"]), new.num_classes)
@@ -135,7 +163,7 @@ def test_save_then_load_gives_identical_logits_and_new_classes_load(name, data_r
 
 
 @pytest.mark.parametrize("name", TRAINED)
-def test_a_run_stopped_after_its_first_epoch_resumes_bit_identically(name, data_root, deep_clip_path, tmp_path,
+def test_a_run_stopped_after_its_first_epoch_resumes_bit_identically(name, data_root, backbones, tmp_path,
                                                                      monkeypatch, trained_runs):
     from engine.trainer import SimpleTrainer
 
@@ -149,10 +177,10 @@ def test_a_run_stopped_after_its_first_epoch_resumes_bit_identically(name, data_
 
     monkeypatch.setattr(SimpleTrainer, "after_epoch", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run_train(argv(name, data_root, deep_clip_path, tmp_path))
+        run_train(argv(name, data_root, backbones, tmp_path))
     monkeypatch.setattr(SimpleTrainer, "after_epoch", original_after_epoch)
     assert (tmp_path / "resume.pth.tar").is_file()
-    run_train(argv(name, data_root, deep_clip_path, tmp_path))
+    run_train(argv(name, data_root, backbones, tmp_path))
     folders = sorted(p.name for p in full.iterdir() if (p / "model.pth.tar-2").is_file())
     assert folders and folders == sorted(p.name for p in tmp_path.iterdir() if (p / "model.pth.tar-2").is_file())
     for module_name in folders:

@@ -1,0 +1,110 @@
+"""DyT's pieces on a tiny random timm ViT: the LR schedule against the original's formula, real
+skipping against the masked path (values and FLOPs), the MoE adapter, the original's checkpoint
+format. The arithmetic against the original code is in tests/conformance/test_dyt.py."""
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.checkpoint import UnsafeCheckpointError
+from trainers.dyt import Adapter, DyTSchedule, DyTSettings, DyTViT, MoEAdapter, load_original_checkpoint
+
+WIDTH, MLP, TOKENS = 192, 768, 17  # ViT-Tiny at 64 px: 4x4 patches + the class token
+
+
+def tiny_model(**settings) -> DyTViT:
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=5).eval()
+    model = DyTViT(vit, DyTSettings(**settings))
+    for block in vit.blocks:  # dispatcher logits of both signs, adapters not zero
+        torch.nn.init.normal_(block.mlp_token_select.mlp_head.weight, std=0.5)
+        torch.nn.init.normal_(block.adaptmlp.up_proj.weight, std=0.02)
+    return model
+
+
+def original_lr(step: int, steps_per_epoch: int, lr=1e-3, min_lr=1e-5, warmup=10, epochs=100) -> float:
+    """util/lr_sched.adjust_learning_rate of the original, at epoch + it / iters_per_epoch."""
+    ep = step / steps_per_epoch
+    if ep < warmup:
+        return lr * ep / warmup
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (ep - warmup) / (epochs - warmup)))
+
+
+def test_schedule_is_the_originals_per_iteration():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optim = torch.optim.AdamW([param], lr=1e-3)
+    sched = DyTSchedule(optim, steps_per_epoch=16, epochs=100, warmup=10, min_lr=1e-5)
+    seen = []
+    for _ in range(1600):
+        seen.append(optim.param_groups[0]["lr"])
+        optim.step()
+        sched.step()
+    assert seen[0] == 0.0  # the very first step has LR 0
+    assert seen[80] == pytest.approx(5e-4)  # epoch 5 of 10 warm-up epochs
+    assert seen[160] == pytest.approx(1e-3)
+    assert seen[16 * 55] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # half-way through the cosine
+    assert seen == pytest.approx([original_lr(i, 16) for i in range(1600)], rel=1e-12, abs=1e-15)
+
+
+def test_real_skipping_equals_the_masked_path_and_spends_mlp_flops_on_kept_tokens_only():
+    model = tiny_model()
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        masked = model.run(images, "dynamic")
+        with FlopCounterMode(display=False) as skip_count:
+            skip = model.run(images, "skip")
+        with FlopCounterMode(display=False) as full_count:
+            model.run(images, "complete")
+    assert torch.equal(skip.gates, masked.gates)
+    dropped = int((1 - masked.gates).sum())
+    assert 0 < dropped < masked.gates.numel()
+    # fp32: the gathered GEMMs sum in another order; the logits are O(1).
+    assert torch.allclose(skip.logits, masked.logits, atol=1e-5)
+    # fc1 and fc2 (2 x WIDTH x MLP multiply-adds per token, 2 FLOPs each) are skipped for every dropped
+    # token; the complete pass also has no dispatcher (WIDTH x 1 per patch token and block).
+    dispatcher = 2 * WIDTH * 3 * (TOKENS - 1) * 12
+    mlp_per_token = 2 * 2 * WIDTH * MLP
+    assert full_count.get_total_flops() - skip_count.get_total_flops() == dropped * mlp_per_token - dispatcher
+
+
+def test_train_mode_draws_hard_gates_with_a_straight_through_gradient():
+    model = tiny_model().train()
+    out = model.run(torch.randn(2, 3, 64, 64), "dynamic")
+    assert set(out.gates.unique().tolist()) <= {0.0, 1.0}
+    out.gates.sum().backward()
+    grad = model.vit.blocks[0].mlp_token_select.mlp_head.weight.grad
+    assert grad is not None and grad.abs().sum() > 0  # through the soft sigmoid
+
+
+def test_moe_adapter_with_identical_experts_is_the_plain_adapter():
+    torch.manual_seed(0)
+    plain = Adapter(WIDTH, 8, 1.0, 0.0)
+    torch.nn.init.normal_(plain.up_proj.weight, std=0.1)
+    moe = MoEAdapter(WIDTH, 8, 1.0, 0.0, experts=4)
+    moe.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        moe.down_experts.copy_(plain.down_proj.weight.expand(3, -1, -1))
+        moe.up_experts.copy_(plain.up_proj.weight.expand(3, -1, -1))
+        torch.nn.init.normal_(moe.router.weight)  # any routing: the experts agree
+    x = torch.randn(2, TOKENS, WIDTH)
+    assert torch.allclose(moe(x), plain(x), atol=1e-5)
+    with torch.no_grad():
+        moe.up_experts.zero_()
+    assert not torch.allclose(moe(x), plain(x), atol=1e-3)  # the experts do count
+
+
+def test_original_checkpoint_format_loads_and_other_classes_are_refused(tmp_path):
+    state = {"head.weight": torch.ones(2, 3)}
+    path = tmp_path / "checkpoint-3.pth"
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3,
+                "scaler": {"scale": 1024.0}, "args": argparse.Namespace(ffn_num=16, dataset="cifar")}, path)
+    assert torch.equal(load_original_checkpoint(str(path))["head.weight"], state["head.weight"])
+    torch.save({"model": state, "args": pathlib.PurePosixPath("/x")}, path)
+    with pytest.raises(UnsafeCheckpointError, match="argparse.Namespace"):
+        load_original_checkpoint(str(path))
