@@ -140,20 +140,18 @@ def text_features_for_templates(
     classnames: Sequence[str],
     templates: Iterable[str],
     device: torch.device,
-    normalize_each: bool = True,
 ) -> torch.Tensor:
     """L2-normalised class text features, averaged over templates and normalised again.
 
-    With a single template this is just that template's normalised features. `normalize_each=False`
-    averages the raw features instead (PromptSRC's teacher), then normalises the mean.
+    With a single template this is just that template's normalised features.
     """
     per_template = []
     for template in templates:
         prompts = [template.format(clean_classname(c)) for c in classnames]
         tokens = clip.tokenize(prompts).to(device)
         features = clip_model.encode_text(tokens)
-        per_template.append(features / features.norm(dim=-1, keepdim=True) if normalize_each else features)
-    if len(per_template) == 1 and normalize_each:
+        per_template.append(features / features.norm(dim=-1, keepdim=True))
+    if len(per_template) == 1:
         return per_template[0]
     mean = torch.stack(per_template).mean(dim=0)
     return mean / mean.norm(dim=-1, keepdim=True)

@@ -27,12 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import clip
 from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
 from trainers.base import ClipMethod, Features, Loss, MethodModel
-from trainers.common import IMAGENET_TEMPLATES, cosine_logits, text_features_for_templates
-from trainers.prompts import ClassPrompts, leading_token_context
+from trainers.common import IMAGENET_TEMPLATES, cosine_logits
+from trainers.prompts import ClassPrompts, clean_classname, leading_token_context
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,18 @@ FROZEN_CHECKPOINT_KEYS = (
     "image_encoder.ln_pre.*", "image_encoder.ln_post.*", "image_encoder.proj", "text_encoder.positional_embedding",
     "text_encoder.ln_final.*", "text_encoder.text_projection",
 )
+
+
+@torch.no_grad()
+def mean_template_features(clip_model: nn.Module, classnames: list[str], templates: list[str],
+                           device: torch.device, max_batch: int = 1024) -> torch.Tensor:
+    """The frozen text features [C, D] averaged over the templates *before* normalising (the original's
+    `fixed_embeddings`, normalised at use), normalised; all prompts in batches of `max_batch`."""
+    names = [clean_classname(name) for name in classnames]
+    tokens = clip.tokenize([template.format(name) for template in templates for name in names]).to(device)
+    features = torch.cat([clip_model.encode_text(chunk) for chunk in tokens.split(max_batch)])
+    mean = features.view(len(templates), len(names), -1).mean(dim=0)
+    return mean / mean.norm(dim=-1, keepdim=True)
 
 
 def prompt_vectors(n_ctx: int, width: int, std: float = 0.02) -> nn.Parameter:
@@ -162,8 +175,7 @@ class PromptSRCModel(MethodModel):
             return
         device = self.clip_model.logit_scale.device
         with torch.autocast(device.type, enabled=False):  # the frozen weights' own precision, as the original (fp32)
-            self.frozen_text = text_features_for_templates(self.clip_model, self.classnames, IMAGENET_TEMPLATES,
-                                                           device, normalize_each=False)
+            self.frozen_text = mean_template_features(self.clip_model, self.classnames, IMAGENET_TEMPLATES, device)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         vision = self.vl_prompt_learner.image_encoder
