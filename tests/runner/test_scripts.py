@@ -17,7 +17,7 @@ from runner.tasks import Job, expand_task
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
-METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop"]
+METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop", "promptsrc"]
 SCRIPTS = ["base2new_train.sh", "base2new_test.sh", "xd_train.sh", "xd_test.sh", "few_shot.sh"]
 # The script environment variables a test must not inherit from the shell that runs pytest.
 SCRIPT_ENV = ("DATA", "OUTPUT", "SHOTS", "LOADEP", "XD_SOURCE", "DRY_RUN")
