@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 # Keys of the original's whole-model checkpoints that are frozen CLIP (or its second image tower): not loaded.
 FROZEN_CHECKPOINT_KEYS = (
     "prompt_learner.ZS_image_encoder.*", "logit_scale", "*.resblocks.*.attn.*", "*.resblocks.*.ln_[12].*",
-    "*.resblocks.*.mlp.*", "image_encoder.conv1.*", "image_encoder.class_embedding", "image_encoder.positional_embedding",
-    "image_encoder.ln_pre.*", "image_encoder.ln_post.*", "image_encoder.proj", "text_encoder.positional_embedding",
+    "*.resblocks.*.mlp.*", "image_encoder.conv1.*", "image_encoder.class_embedding",
+    "image_encoder.positional_embedding", "image_encoder.ln_pre.*", "image_encoder.ln_post.*", "image_encoder.proj", "text_encoder.positional_embedding",
     "text_encoder.ln_final.*", "text_encoder.text_projection",
 )
 

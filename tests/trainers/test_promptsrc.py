@@ -179,7 +179,8 @@ def test_teacher_text_is_computed_once_per_class_set_and_not_for_evaluation(calt
 
 def test_gpa_weights_follow_the_gaussian_formula():
     def formula(epochs, mean, std):  # the original: the normal density at 1..E, divided by its sum
-        pdf = np.array([np.exp(-0.5 * ((a - mean) / std) ** 2) / (std * np.sqrt(2 * np.pi)) for a in range(1, epochs + 1)])
+        pdf = np.array([np.exp(-0.5 * ((a - mean) / std) ** 2) / (std * np.sqrt(2 * np.pi))
+                        for a in range(1, epochs + 1)])
         return pdf / pdf.sum()
 
     for epochs, mean, std in [(20, 15, 1), (20, 6, 10), (50, 30, 30), (50, 45, 5), (3, 2, 1)]:
@@ -287,7 +288,7 @@ def test_the_originals_whole_model_checkpoint_loads(caltech_root, tiny_clip_path
         if key.startswith("visual."):
             state["image_encoder." + key[len("visual."):]] = value
             state["prompt_learner.ZS_image_encoder." + key[len("visual."):]] = value
-        elif key.startswith("transformer.") or key in ("positional_embedding", "text_projection") or key.startswith("ln_final."):
+        elif key.startswith(("transformer.", "ln_final.")) or key in ("positional_embedding", "text_projection"):
             state["text_encoder." + key] = value
     state["logit_scale"] = clip_state["logit_scale"]
     state["prompt_learner.token_prefix"] = torch.zeros(100, 1, 64)  # another class set: rebuilt, not loaded
