@@ -7,7 +7,8 @@ from tests.demo.test_demo_methods import demo_argv
 
 
 def test_promptsrc_beats_zero_shot_on_base_classes(demo_root, tmp_path):
-    zero_shot = run_train(demo_argv(demo_root, tmp_path / "zs", "ZeroshotCLIP", "CoOp/demo.yaml", flags=("--eval-only",)))
+    zero_shot = run_train(demo_argv(demo_root, tmp_path / "zs", "ZeroshotCLIP", "CoOp/demo.yaml",
+                                    flags=("--eval-only",)))
     record = run_train(demo_argv(demo_root, tmp_path / "psrc", "PromptSRC", "PromptSRC/demo.yaml",
                                  "DATASET.NUM_SHOTS", "16"))
     assert record["num_classes"] == zero_shot["num_classes"] == 24
