@@ -269,7 +269,7 @@ def test_the_regularisers_keep_the_features_near_frozen_clip(caltech_root, tiny_
     text_ce, image_ce = drift_after_training(trainer, initial, batches, regularised=False)
     text_src, image_src = drift_after_training(trainer, initial, batches, regularised=True)
     # Cross-entropy alone moves both towers' features away from frozen CLIP's; with the terms they stay nearer.
-    # Measured: text 0.09 at the start -> 0.12 (CE) vs 0.06 (PromptSRC); image 0.04 -> 0.13 vs 0.09.
+    # Measured: text 0.09 at the start -> 0.15 (CE) vs 0.06 (PromptSRC); image 0.04 -> 0.14 vs 0.06.
     assert text_ce > start_text + 0.01 and image_ce > start_image + 0.01, (start_text, text_ce, start_image, image_ce)
     assert text_src < 0.8 * text_ce, (start_text, text_src, text_ce)
     assert image_src < 0.8 * image_ce, (start_image, image_src, image_ce)
