@@ -41,21 +41,20 @@ logger = logging.getLogger(__name__)
 FROZEN_CHECKPOINT_KEYS = (
     "prompt_learner.ZS_image_encoder.*", "logit_scale", "*.resblocks.*.attn.*", "*.resblocks.*.ln_[12].*",
     "*.resblocks.*.mlp.*", "image_encoder.conv1.*", "image_encoder.class_embedding",
-    "image_encoder.positional_embedding", "image_encoder.ln_pre.*", "image_encoder.ln_post.*", "image_encoder.proj", "text_encoder.positional_embedding",
-    "text_encoder.ln_final.*", "text_encoder.text_projection",
+    "image_encoder.positional_embedding", "image_encoder.ln_pre.*", "image_encoder.ln_post.*", "image_encoder.proj",
+    "text_encoder.positional_embedding", "text_encoder.ln_final.*", "text_encoder.text_projection",
 )
 
 
 @torch.no_grad()
 def mean_template_features(clip_model: nn.Module, classnames: list[str], templates: list[str],
                            device: torch.device, max_batch: int = 1024) -> torch.Tensor:
-    """The frozen text features [C, D] averaged over the templates *before* normalising (the original's
-    `fixed_embeddings`, normalised at use), normalised; all prompts in batches of `max_batch`."""
+    """The frozen raw text features [C, D] averaged over the templates, not normalised (the original's
+    `fixed_embeddings`, normalised at use); all prompts in batches of `max_batch`."""
     names = [clean_classname(name) for name in classnames]
     tokens = clip.tokenize([template.format(name) for template in templates for name in names]).to(device)
     features = torch.cat([clip_model.encode_text(chunk) for chunk in tokens.split(max_batch)])
-    mean = features.view(len(templates), len(names), -1).mean(dim=0)
-    return mean / mean.norm(dim=-1, keepdim=True)
+    return features.view(len(templates), len(names), -1).mean(dim=0)
 
 
 def prompt_vectors(n_ctx: int, width: int, std: float = 0.02) -> nn.Parameter:
@@ -170,11 +169,11 @@ class PromptSRCModel(MethodModel):
 
     @torch.no_grad()
     def prepare_training(self) -> None:
-        """t_zs: the normalised mean of the frozen raw text features over the templates, once per class set."""
+        """The mean of the frozen raw text features over the templates (t_zs once normalised), once per class set."""
         if self.frozen_text is not None:
             return
         device = self.clip_model.logit_scale.device
-        with torch.autocast(device.type, enabled=False):  # the frozen weights' own precision, as the original (fp32)
+        with torch.autocast(device.type, enabled=False):  # the weights' precision (fp32 under amp), not autocast's
             self.frozen_text = mean_template_features(self.clip_model, self.classnames, IMAGENET_TEMPLATES, device)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
