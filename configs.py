@@ -242,6 +242,7 @@ clip_adapter_all = _adapter('CoOp/rn50_ep50', [1], _adapter_datasets)
 clip_adapter_all_ep100 = _adapter('CoOp/rn50_ep100', [2, 4], _adapter_datasets)
 clip_adapter_all_ep200 = _adapter('CoOp/rn50', [8, 16], _adapter_datasets)
 clip_adapter_imagenet_all = _adapter('CoOp/rn50_ep50', [1, 2, 4, 8, 16], ['imagenet'])
+
 # ---- DyT ----
 # Dynamic Tuning on VTAB-1K (train_vtab.sh): one run per task on train800val200, tested on test.txt.
 # MODEL.BACKBONE.NAME: the original Google ImageNet-21k ViT-B/16 weights (timm
@@ -265,3 +266,19 @@ dyt_vtab_smoke = dict(
     train=dict(mode='all', trainer='DyT', cfg='vit_b16_vtab', seeds=[1], shots=-1,
                opts=_dyt_backbone + ['OPTIM.MAX_EPOCH', '10', 'OPTIM.WARMUP_EPOCH', '1']),
 )
+
+# ---- PromptSRC ----
+# The original's configs: base-to-new (GPA mean 15, std 1), cross-dataset / DG (depth 3, GPA 6 / 10) and
+# few-shot (50 epochs, GPA 30 / 30 as the file ships; its comments give 45 / 5 for five datasets: the task
+# promptsrc_all_gpa45 runs those five with that setting).
+_promptsrc_demo = dict(cfg='PromptSRC/demo')
+promptsrc = dict(train=dict(trainer='PromptSRC', cfg='vit_b16_c2_ep20_batch4_4+4ctx'), demo=_promptsrc_demo)
+promptsrc_xd = dict(train=dict(mode='xd', trainer='PromptSRC', cfg='vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets'),
+                    demo=_promptsrc_demo)
+promptsrc_all = dict(train=dict(mode='all', trainer='PromptSRC', cfg='vit_b16_c2_ep50_batch4_4+4ctx_few_shot'),
+                     grid_search=_shot_grid, demo=_promptsrc_demo)
+promptsrc_all_gpa45 = dict(
+    data=dict(datasets_all=['stanford_cars', 'oxford_flowers', 'fgvc_aircraft', 'dtd', 'eurosat']),
+    train=dict(mode='all', trainer='PromptSRC', cfg='vit_b16_c2_ep50_batch4_4+4ctx_few_shot',
+               opts=['TRAINER.PROMPTSRC.GPA_MEAN', 45, 'TRAINER.PROMPTSRC.GPA_STD', 5]),
+    grid_search=_shot_grid, demo=_promptsrc_demo)

@@ -18,7 +18,8 @@ import torch.nn as nn
 import clip
 from engine.errors import ConfigValueError
 
-__all__ = ["CLASS_TOKEN_POSITIONS", "ClassPrompts", "Context", "clean_classname", "initial_context"]
+__all__ = ["CLASS_TOKEN_POSITIONS", "ClassPrompts", "Context", "clean_classname", "initial_context",
+           "leading_token_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,26 @@ def initial_context(
         raise ConfigValueError(f"The number of context vectors must be >= 1, got {n_ctx}.")
     shape = (n_cls, n_ctx, width) if n_cls > 0 else (n_ctx, width)
     vectors = torch.empty(*shape, dtype=dtype)
+    nn.init.normal_(vectors, std=std)
+    return Context(vectors, " ".join(["X"] * n_ctx))
+
+
+def leading_token_context(clip_model: nn.Module, n_ctx: int, init_words: str = "", max_init_ctx: int = 4,
+                          std: float = 0.02) -> Context:
+    """The context of MaPLe and of IVLP / PromptSRC (their `VLPromptLearner`), unlike CoOp's.
+
+    With `init_words` and `n_ctx` <= `max_init_ctx`, the context is the embeddings of the first `n_ctx`
+    tokens of the words while the prompt text keeps all of them: with "a photo of a" and 2 vectors the
+    prompt is ``[SOS] [V1] [V2] of a <class>.``. Otherwise `n_ctx` vectors from N(0, std²) stand for "X .. X".
+    """
+    if n_ctx < 1:
+        raise ConfigValueError(f"The number of context vectors must be >= 1, got {n_ctx}.")
+    if init_words and n_ctx <= max_init_ctx:
+        words = init_words.replace("_", " ")
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(clip.tokenize(words)).type(clip_model.dtype)
+        return Context(embedding[0, 1 : 1 + n_ctx, :].clone(), words)
+    vectors = torch.empty(n_ctx, clip_model.ln_final.weight.shape[0], dtype=clip_model.dtype)
     nn.init.normal_(vectors, std=std)
     return Context(vectors, " ".join(["X"] * n_ctx))
 

@@ -17,7 +17,8 @@ from runner.tasks import Job, expand_task
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
-METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop", "maple", "taskres", "clip_adapter"]
+METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop", "maple", "promptsrc", "taskres",
+           "clip_adapter"]
 SCRIPTS = ["base2new_train.sh", "base2new_test.sh", "xd_train.sh", "xd_test.sh", "few_shot.sh"]
 # Methods without a base-to-new protocol (TaskRes: its classifier is per class).
 NO_B2N = {"taskres"}
