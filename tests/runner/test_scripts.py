@@ -17,10 +17,12 @@ from runner.tasks import Job, expand_task
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
-METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop"]
+METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop", "dept"]
+# The runner task a method's scripts use, where it is not the folder's name (DePT: its default host, CoOp).
+TASKS = {"dept": "coop_dept"}
 SCRIPTS = ["base2new_train.sh", "base2new_test.sh", "xd_train.sh", "xd_test.sh", "few_shot.sh"]
 # The script environment variables a test must not inherit from the shell that runs pytest.
-SCRIPT_ENV = ("DATA", "OUTPUT", "SHOTS", "LOADEP", "XD_SOURCE", "DRY_RUN")
+SCRIPT_ENV = ("DATA", "OUTPUT", "SHOTS", "LOADEP", "XD_SOURCE", "DRY_RUN", "DEPT_HOST")
 DEMO_BANNER = "No DATA set: running on the demo world ("
 
 
@@ -80,12 +82,13 @@ def test_scripts_match_the_runner(method, world, monkeypatch):
     else:
         monkeypatch.delenv("DATA", raising=False)
     ds = (lambda name: name) if world == "data" else ON_DEMO.__getitem__
-    xd, fs = f"{method}_xd", f"{method}_all"
+    task = TASKS.get(method, method)
+    xd, fs = f"{task}_xd", f"{task}_all"
     # zero-shot has no shot grid: its few-shot script takes no shot count
     few_shot = (("few_shot.sh", "dtd", "1"), "") if method == "zsclip" else (("few_shot.sh", "dtd", "1", "4"), "shot=4")
     calls = [
-        (("base2new_train.sh", "caltech101", "1"), runner_job(method, "train_base", ds("caltech101"), 1)),
-        (("base2new_test.sh", "caltech101", "2"), runner_job(method, "test_new", ds("caltech101"), 2)),
+        (("base2new_train.sh", "caltech101", "1"), runner_job(task, "train_base", ds("caltech101"), 1)),
+        (("base2new_test.sh", "caltech101", "2"), runner_job(task, "test_new", ds("caltech101"), 2)),
         (("xd_train.sh", "1"), runner_job(xd, "xd_source", ds("imagenet"), 1)),
         (("xd_test.sh", "imagenet_a", "1"), runner_job(xd, "xd_target", ds("imagenet_a"), 1)),
         (few_shot[0], runner_job(fs, "all", ds("dtd"), 1, few_shot[1])),
@@ -114,6 +117,20 @@ def test_exact_commands_with_data_and_on_the_demo_world():
                     "DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base MODEL.BACKBONE.NAME demo DATALOADER.NUM_WORKERS 0")
     assert err.splitlines()[0] == (f"{DEMO_BANNER}dataset demo_shapes instead of caltech101, demo CLIP, "
                                    f"config CoOp/demo: fp32, 10 epochs); outputs under {out_dir}")
+
+
+@pytest.mark.parametrize("host", ["coop", "cocoop", "kgcoop", "maple"])
+def test_dept_scripts_take_the_host_from_dept_host(host, monkeypatch):
+    """DEPT_HOST picks the original's trainer name, config and the runner's <host>_dept task."""
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setenv("DATA", "/d")
+    command, _ = dry_run("dept", "base2new_train.sh", "caltech101", "1", DATA="/d", DEPT_HOST=host)
+    assert command == minimal_command(runner_job(f"{host}_dept", "train_base", "caltech101", 1))
+    command, _ = dry_run("dept", "few_shot.sh", "dtd", "1", "4", DATA="/d", DEPT_HOST=host)
+    assert command == minimal_command(runner_job(f"{host}_dept_all", "all", "dtd", 1, "shot=4"))
+    assert command.endswith("TRAINER.DEPT.BASE_MODE always")  # the head trains on all classes
+    bad = script("dept", "base2new_train.sh", "caltech101", "1", DRY_RUN="1", DEPT_HOST="clip")
+    assert bad.returncode == 2 and "DEPT_HOST must be one of coop, cocoop, kgcoop, maple" in bad.stderr
 
 
 def test_a_demo_dataset_is_used_as_given():
