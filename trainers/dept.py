@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,9 @@ NAMES_TO_UPDATE = ("prompt_learner", "linear_probe", "film")
 # Entries of the original's checkpoint (its whole CustomCLIP) that are frozen CLIP weights or unused
 # host parts (KgCoOp's `meta_net`, `adapter`): ours rebuilds them from the backbone, so loading skips them.
 ORIGINAL_FROZEN_KEYS = ("image_encoder.*", "text_encoder.*", "logit_scale", "meta_net.*", "adapter.*")
+# Cross-dataset targets with a subset of ImageNet's classes: the 1000-way classifier is sliced on load.
+SUBSET_TARGETS = ("ImageNetA", "ImageNetR")
+CLASSIFIER_KEYS = ("linear_probe_proj.weight", "linear_probe_proj.bias")
 
 
 class FiLM(nn.Module):
@@ -363,6 +367,27 @@ class DePT(ClipMethod):
     @classmethod
     def backbone_preprocess(cls, cfg):
         return cls.host_class(cfg).backbone_preprocess(cfg)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _load_state_dict_checked(self, name: str, state_dict, fpath: str) -> None:
+        if self.cfg.DATASET.NAME in SUBSET_TARGETS and CLASSIFIER_KEYS[0] in state_dict:
+            state_dict = self._classifier_for_target(dict(state_dict))
+        super()._load_state_dict_checked(name, state_dict, fpath)
+
+    def _classifier_for_target(self, state: dict) -> dict:
+        """The original's slicing for ImageNet-A/-R: keep the rows of the classes (classnames.txt order)
+        whose wnid folder exists in the target's image folder."""
+        from datasets.imagenet import read_classnames
+
+        dataset = self.dm.dataset
+        wnids = list(read_classnames(os.path.join(dataset.dataset_dir, "classnames.txt")))
+        if state[CLASSIFIER_KEYS[0]].shape[0] != len(wnids):
+            return state  # not a classifier over classnames.txt: the shape check reports it
+        folders = set(os.listdir(dataset.image_dir))
+        keep = torch.tensor([wnid in folders for wnid in wnids])
+        logger.info("Classifier sliced to the %d classes of %s (of %d)", int(keep.sum()), self.cfg.DATASET.NAME,
+                    len(wnids))
+        return {**state, **{key: state[key][keep] for key in CLASSIFIER_KEYS}}
 
     # ------------------------------------------------------------------ model
     def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:

@@ -200,3 +200,28 @@ def test_film_is_a_channelwise_affine_map_cast_to_the_input_dtype():
     y = film(x)
     assert y.dtype == torch.float64
     assert torch.equal(y, torch.tensor([[1.5, 2.0, 0.0], [2.5, -2.0, 1.0]], dtype=torch.float64))
+
+
+def test_cross_dataset_the_imagenet_head_is_sliced_for_imagenet_a(tiny_clip_path, tmp_path):
+    from tests.factories.coop_datasets_b import WNIDS, make_imagenet_tree, make_imagenet_variant_tree
+
+    root = make_imagenet_tree(tmp_path / "data", WNIDS)
+    make_imagenet_variant_tree(root, "a", entries=[WNIDS[4], WNIDS[2], WNIDS[0]], classnames=WNIDS)
+
+    def argv(dataset: str, out, *flags: str) -> list[str]:
+        return [
+            "--root", str(root), "--seed", "1", "--trainer", "ExtrasLinearProbeCoOp", "--output-dir", str(out), *flags,
+            "--dataset-config-file", config_path("datasets", f"{dataset}.yaml"),
+            "--config-file", config_path("trainers", "ExtrasLinearProbeCoOp", "vit_b16_ep10_bs4_lr35.yaml"),
+            "MODEL.BACKBONE.NAME", str(tiny_clip_path), "INPUT.SIZE", "(32, 32)", "TRAINER.COOP.PREC", "fp32",
+            "DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2",
+        ]
+
+    run_train(argv("imagenet", tmp_path / "source"))  # all classes of an ImageNet dataset: the head trains
+    saved = torch.load(tmp_path / "source" / "PromptLearner" / "model.pth.tar-1", weights_only=True)["state_dict"]
+    assert saved["linear_probe_proj.weight"].shape[0] == 5
+    target = build(argv("imagenet_a", tmp_path / "target", "--eval-only"))
+    target.load_model(str(tmp_path / "source"), epoch=1)
+    # ImageNet-A holds wnids 0, 2 and 4 of classnames.txt: those rows, in that order (= its sorted labels).
+    assert torch.equal(target.model.linear_probe_proj.weight, saved["linear_probe_proj.weight"][[0, 2, 4]])
+    assert torch.equal(target.model.linear_probe_proj.bias, saved["linear_probe_proj.bias"][[0, 2, 4]])
