@@ -189,7 +189,8 @@ pipeline = [
 _dept_fs_opts = ['TRAINER.DEPT.BASE_MODE', 'always']
 _dept_demo = dict(cfg='ExtrasLinearProbeCoOp/demo')  # sets every host's precision key to fp32
 coop_dept = dict(train=dict(trainer='ExtrasLinearProbeCoOp', cfg='vit_b16_ep10_bs4_lr35'), demo=_dept_demo)
-coop_dept_xd = dict(train=dict(mode='xd', trainer='ExtrasLinearProbeCoOp', cfg='vit_b16_ep10_bs4_lr35'), demo=_dept_demo)
+coop_dept_xd = dict(train=dict(mode='xd', trainer='ExtrasLinearProbeCoOp', cfg='vit_b16_ep10_bs4_lr35'),
+                    demo=_dept_demo)
 coop_dept_all = dict(train=dict(mode='all', trainer='ExtrasLinearProbeCoOp', cfg='vit_b16_ep10_bs4_lr35',
                                 opts=_dept_fs_opts), grid_search=_shot_grid, demo=_dept_demo)
 cocoop_dept = dict(train=dict(trainer='ExtrasLinearProbeCoCoOp', cfg='vit_b16_c4_ep10_batch1_ctxv1'), demo=_dept_demo)

@@ -413,7 +413,8 @@ ALIASES = (
     Alias("ExtrasLinearProbeCoOp", "CoOp", "TRAINER.COOP.PREC", "ExtrasLinearProbeCoOp/vit_b16_ep10_bs4_lr35"),
     Alias("ExtrasLinearProbeCoCoOp", "CoCoOp", "TRAINER.COCOOP.PREC",
           "ExtrasLinearProbeCoCoOp/vit_b16_c4_ep10_batch1_ctxv1"),
-    Alias("ExtrasLinearProbeKgCoOp", "KgCoOp", "TRAINER.COOP.PREC", "ExtrasLinearProbeKgCoOp/vit_b16_ep10_ctxv1_bs4_lr35"),
+    Alias("ExtrasLinearProbeKgCoOp", "KgCoOp", "TRAINER.COOP.PREC",
+          "ExtrasLinearProbeKgCoOp/vit_b16_ep10_ctxv1_bs4_lr35"),
     Alias("ExtrasLinearProbeMaPLe", "MaPLe", "TRAINER.MAPLE.PREC", "ExtrasLinearProbeMaPLe/vit_b16_c2_ep10_batch4_2ctx",
           "MultiModalPromptLearner"),
 )

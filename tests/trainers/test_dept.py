@@ -123,7 +123,8 @@ def test_original_defaults_and_staged_learning_rates(caltech_root, tiny_clip_pat
     assert (cfg.OPTIM.LR_EXP, cfg.OPTIM.STAGED_LR, list(cfg.OPTIM.NEW_LAYERS), cfg.OPTIM.BASE_LR_MULT) == (
         6.5, True, ["linear_probe", "film"], 1.0)
     assert (cfg.TRAINER.LINEAR_PROBE.TYPE, cfg.TRAINER.LINEAR_PROBE.WEIGHT, cfg.TRAINER.FILM.LINEAR_PROBE,
-            cfg.TRAINER.COOP.W, cfg.TRAINER.COCOOP.N_CTX, cfg.TRAINER.MAPLE.PROMPT_DEPTH) == ("linear", 0.7, True, 2.0, 4, 9)
+            cfg.TRAINER.COOP.W, cfg.TRAINER.COCOOP.N_CTX, cfg.TRAINER.MAPLE.PROMPT_DEPTH) == (
+        "linear", 0.7, True, 2.0, 4, 9)
     trainer = build(dept_argv(caltech_root, tiny_clip_path, tmp_path))
     groups = trainer.optim.param_groups
     assert [g["initial_lr"] for g in groups] == [0.0035, pytest.approx(0.0035 * 6.5)]  # the recipe's LR
