@@ -61,7 +61,7 @@ DATASET_NAME = "BenchmarkSynthetic"
 logger = logging.getLogger(__name__)
 
 
-def trainer_names() -> list[str]:
+def runnable_trainer_names() -> list[str]:
     """Every registered trainer that can run in this checkout, in registration order (DePT's alias of a
     host that is not merged yet cannot)."""
     names = []
@@ -72,6 +72,12 @@ def trainer_names() -> list[str]:
         else:
             names.append(name)
     return names
+
+
+def trainer_names() -> list[str]:
+    """What `--trainer all` measures: the runnable trainers, a name declared to run exactly what another
+    name runs (`same_run_as`: `DePT` with its default host) only under that other name."""
+    return [n for n in runnable_trainer_names() if getattr(TRAINER_REGISTRY.get(n), "same_run_as", None) is None]
 
 
 def register_synthetic_dataset(n_classes: int) -> None:
@@ -277,8 +283,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.prec = args.prec or ("fp16" if args.device == "cuda" else "fp32")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigValueError("--device cuda: no CUDA device is usable here; use --device cpu.")
-    names = trainer_names()
-    requested = names if args.trainer == "all" else args.trainer.split(",")
+    names = runnable_trainer_names()
+    requested = trainer_names() if args.trainer == "all" else args.trainer.split(",")
     for name in requested:
         if name not in names:
             hint = closest_matches(name, names)
