@@ -282,3 +282,32 @@ promptsrc_all_gpa45 = dict(
     train=dict(mode='all', trainer='PromptSRC', cfg='vit_b16_c2_ep50_batch4_4+4ctx_few_shot',
                opts=['TRAINER.PROMPTSRC.GPA_MEAN', 45, 'TRAINER.PROMPTSRC.GPA_STD', 5]),
     grid_search=_shot_grid, demo=_promptsrc_demo)
+
+# ---- DePT ----
+# DePT over each host, with the original's trainer names and configs (its configs.py defines the base-to-new
+# tasks coop_dept, cocoop_dept, kgcoop_dept, maple_dept). The cross-dataset tasks train on ImageNet (all
+# classes: the CAT head applies, by the original's rule) and fuse the heads on the ImageNet-family targets
+# only. The few-shot tasks are ours: the head trains and tests on all classes (TRAINER.DEPT.BASE_MODE always).
+# maple_dept* need the MaPLe trainer (ExtrasLinearProbeMaPLe says so until it is registered).
+_dept_fs_opts = ['TRAINER.DEPT.BASE_MODE', 'always']
+_dept_demo = dict(cfg='ExtrasLinearProbeCoOp/demo')  # sets every host's precision key to fp32
+coop_dept = dict(train=dict(trainer='ExtrasLinearProbeCoOp', cfg='vit_b16_ep10_bs4_lr35'), demo=_dept_demo)
+coop_dept_xd = dict(train=dict(mode='xd', trainer='ExtrasLinearProbeCoOp', cfg='vit_b16_ep10_bs4_lr35'),
+                    demo=_dept_demo)
+coop_dept_all = dict(train=dict(mode='all', trainer='ExtrasLinearProbeCoOp', cfg='vit_b16_ep10_bs4_lr35',
+                                opts=_dept_fs_opts), grid_search=_shot_grid, demo=_dept_demo)
+cocoop_dept = dict(train=dict(trainer='ExtrasLinearProbeCoCoOp', cfg='vit_b16_c4_ep10_batch1_ctxv1'), demo=_dept_demo)
+cocoop_dept_xd = dict(train=dict(mode='xd', trainer='ExtrasLinearProbeCoCoOp', cfg='vit_b16_c4_ep10_batch1_ctxv1'),
+                      demo=_dept_demo)
+cocoop_dept_all = dict(train=dict(mode='all', trainer='ExtrasLinearProbeCoCoOp', cfg='vit_b16_c4_ep10_batch1_ctxv1',
+                                  opts=_dept_fs_opts), grid_search=_shot_grid, demo=_dept_demo)
+kgcoop_dept = dict(train=dict(trainer='ExtrasLinearProbeKgCoOp', cfg='vit_b16_ep10_ctxv1_bs4_lr35'), demo=_dept_demo)
+kgcoop_dept_xd = dict(train=dict(mode='xd', trainer='ExtrasLinearProbeKgCoOp', cfg='vit_b16_ep10_ctxv1_bs4_lr35'),
+                      demo=_dept_demo)
+kgcoop_dept_all = dict(train=dict(mode='all', trainer='ExtrasLinearProbeKgCoOp', cfg='vit_b16_ep10_ctxv1_bs4_lr35',
+                                  opts=_dept_fs_opts), grid_search=_shot_grid, demo=_dept_demo)
+maple_dept = dict(train=dict(trainer='ExtrasLinearProbeMaPLe', cfg='vit_b16_c2_ep10_batch4_2ctx'), demo=_dept_demo)
+maple_dept_xd = dict(train=dict(mode='xd', trainer='ExtrasLinearProbeMaPLe', cfg='vit_b16_c2_ep10_batch4_2ctx'),
+                     demo=_dept_demo)
+maple_dept_all = dict(train=dict(mode='all', trainer='ExtrasLinearProbeMaPLe', cfg='vit_b16_c2_ep10_batch4_2ctx',
+                                 opts=_dept_fs_opts), grid_search=_shot_grid, demo=_dept_demo)

@@ -29,9 +29,16 @@ def records(tmp_path_factory):
 
 
 def test_every_registered_trainer_is_measured(records):
+    """... or cannot run in this checkout (DePT's alias of an absent host), or runs exactly what a measured
+    name runs (`same_run_as`)."""
     from engine import TRAINER_REGISTRY
 
-    assert sorted(records) == sorted(TRAINER_REGISTRY.registered_names())
+    for name in TRAINER_REGISTRY.registered_names():
+        cls = TRAINER_REGISTRY.get(name)
+        reason = getattr(cls, "unavailable_reason", lambda: None)()
+        same_as = getattr(cls, "same_run_as", None)
+        assert (name in records) == (reason is None and same_as is None), name
+        assert same_as is None or same_as in records, name
 
 
 def test_json_contract(records):

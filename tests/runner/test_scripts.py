@@ -18,7 +18,9 @@ from runner.tasks import Job, expand_task
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 METHODS = ["coop", "zsclip", "skip_tuning", "ft_clip", "cocoop", "kgcoop", "maple", "promptsrc", "taskres",
-           "clip_adapter"]
+           "clip_adapter", "dept"]
+# The runner task a method's scripts use, where it is not the folder's name (DePT: its default host, CoOp).
+TASKS = {"dept": "coop_dept"}
 SCRIPTS = ["base2new_train.sh", "base2new_test.sh", "xd_train.sh", "xd_test.sh", "few_shot.sh"]
 # Methods without a base-to-new protocol (TaskRes: its classifier is per class).
 NO_B2N = {"taskres"}
@@ -29,7 +31,7 @@ FEW_SHOT_TASK = {"clip_adapter": "clip_adapter_all_ep100"}
 def scripts_of(method: str) -> list[str]:
     return [s for s in SCRIPTS if not (method in NO_B2N and s.startswith("base2new"))]
 # The script environment variables a test must not inherit from the shell that runs pytest.
-SCRIPT_ENV = ("DATA", "OUTPUT", "SHOTS", "LOADEP", "XD_SOURCE", "DRY_RUN")
+SCRIPT_ENV = ("DATA", "OUTPUT", "SHOTS", "LOADEP", "XD_SOURCE", "DRY_RUN", "DEPT_HOST")
 DEMO_BANNER = "No DATA set: running on the demo world ("
 
 
@@ -106,12 +108,13 @@ def test_scripts_match_the_runner(method, world, monkeypatch):
     else:
         monkeypatch.delenv("DATA", raising=False)
     ds = (lambda name: name) if world == "data" else ON_DEMO.__getitem__
-    xd, fs = f"{method}_xd", FEW_SHOT_TASK.get(method, f"{method}_all")
+    task = TASKS.get(method, method)
+    xd, fs = f"{task}_xd", FEW_SHOT_TASK.get(method, f"{task}_all")
     # zero-shot has no shot grid: its few-shot script takes no shot count
     few_shot = (("few_shot.sh", "dtd", "1"), "") if method == "zsclip" else (("few_shot.sh", "dtd", "1", "4"), "shot=4")
     calls = [] if method in NO_B2N else [
-        (("base2new_train.sh", "caltech101", "1"), runner_job(method, "train_base", ds("caltech101"), 1)),
-        (("base2new_test.sh", "caltech101", "2"), runner_job(method, "test_new", ds("caltech101"), 2)),
+        (("base2new_train.sh", "caltech101", "1"), runner_job(task, "train_base", ds("caltech101"), 1)),
+        (("base2new_test.sh", "caltech101", "2"), runner_job(task, "test_new", ds("caltech101"), 2)),
     ]
     calls += [
         (("xd_train.sh", "1"), runner_job(xd, "xd_source", ds("imagenet"), 1)),
@@ -155,6 +158,20 @@ def test_exact_commands_with_data_and_on_the_demo_world():
                     "DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base MODEL.BACKBONE.NAME demo DATALOADER.NUM_WORKERS 0")
     assert err.splitlines()[0] == (f"{DEMO_BANNER}dataset demo_shapes instead of caltech101, demo CLIP, "
                                    f"config CoOp/demo: fp32, 10 epochs); outputs under {out_dir}")
+
+
+@pytest.mark.parametrize("host", ["coop", "cocoop", "kgcoop", "maple"])
+def test_dept_scripts_take_the_host_from_dept_host(host, monkeypatch):
+    """DEPT_HOST picks the original's trainer name, config and the runner's <host>_dept task."""
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setenv("DATA", "/d")
+    command, _ = dry_run("dept", "base2new_train.sh", "caltech101", "1", DATA="/d", DEPT_HOST=host)
+    assert command == minimal_command(runner_job(f"{host}_dept", "train_base", "caltech101", 1))
+    command, _ = dry_run("dept", "few_shot.sh", "dtd", "1", "4", DATA="/d", DEPT_HOST=host)
+    assert command == minimal_command(runner_job(f"{host}_dept_all", "all", "dtd", 1, "shot=4"))
+    assert command.endswith("TRAINER.DEPT.BASE_MODE always")  # the head trains on all classes
+    bad = script("dept", "base2new_train.sh", "caltech101", "1", DRY_RUN="1", DEPT_HOST="clip")
+    assert bad.returncode == 2 and "DEPT_HOST must be one of coop, cocoop, kgcoop, maple" in bad.stderr
 
 
 def test_a_demo_dataset_is_used_as_given():
