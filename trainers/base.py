@@ -271,6 +271,7 @@ class ClipMethod(TrainerX):
         logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
         clip_model = load_clip(cfg, prec)
         self.model = self.build_method(clip_model, self.dm.dataset.classnames)
+        self.feature_cache_use: dict[str, str] = {}  # split -> hit / built / partial (results.json)
         self.model.set_trainable()
         modules = self.model.learnable_modules()
         if cfg.MODEL.INIT_WEIGHTS and modules:
@@ -365,7 +366,6 @@ class ClipMethod(TrainerX):
         if getattr(self, "_frozen_feature_cache", None) is None:
             root = self.cfg.FEATURE_CACHE.DIR or default_cache_dir()
             self._frozen_feature_cache = FeatureCache(os.path.expanduser(root), self.cfg.DATALOADER.NUM_WORKERS)
-            self.feature_cache_use: dict[str, str] = {}
         return self._frozen_feature_cache
 
     def _feature_key(self, transform: Any, autocast: bool, batch_size: int, views: str = "") -> FeatureKey:
@@ -428,7 +428,7 @@ class ClipMethod(TrainerX):
         results = super().extra_results()
         results["feature_cache"] = {
             "enabled": bool(self.cfg.FEATURE_CACHE.ENABLED and self.model.frozen_image_features),
-            "used": dict(getattr(self, "feature_cache_use", {})),
+            "used": dict(self.feature_cache_use),
             "train_views": int(self.cfg.FEATURE_CACHE.TRAIN_VIEWS),
         }
         return results
