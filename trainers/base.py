@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -45,10 +44,10 @@ from engine.backbone import Preprocess
 from engine.checkpoint import load_pretrained_weights
 from engine.errors import ConfigValueError
 from engine.evaluation import compute_accuracy
-from engine.feature_cache import CachedImageFeatures, FeatureCache, FeatureKey, default_cache_dir, file_sha256, \
-    is_deterministic, shard_group
+from engine.feature_cache import CachedImageFeatures
 from engine.optim import build_lr_scheduler, build_optimizer
 from trainers.common import PRECISIONS, autocast_context, cosine_logits, load_clip, make_grad_scaler
+from trainers.feature_cache import FrozenFeatureCacheMixin
 
 __all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "PromptLearnerModel", "StepOutput", "staged_param_groups"]
 
@@ -226,7 +225,7 @@ def staged_param_groups(named: list[tuple[str, nn.Parameter]], optim_cfg: Any, n
     return groups
 
 
-class ClipMethod(TrainerX):
+class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
     """The trainer of every CLIP method: see the module docstring. A method sets `precision_key`
     and implements `build_method`; the rest is optional."""
 
@@ -271,7 +270,6 @@ class ClipMethod(TrainerX):
         logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
         clip_model = load_clip(cfg, prec)
         self.model = self.build_method(clip_model, self.dm.dataset.classnames)
-        self.feature_cache_use: dict[str, str] = {}  # split -> hit / built / partial (results.json)
         self.model.set_trainable()
         modules = self.model.learnable_modules()
         if cfg.MODEL.INIT_WEIGHTS and modules:
@@ -349,89 +347,6 @@ class ClipMethod(TrainerX):
     def test(self, split: str | None = None) -> float:
         with self.evaluation():
             return super().test(split)
-
-    # ------------------------------------------------------------------ frozen-feature cache
-    def uses_feature_cache(self) -> bool:
-        """FEATURE_CACHE.ENABLED and a model declaring `frozen_image_features` (checked: no trainable
-        parameter in CLIP's image tower)."""
-        if not (self.cfg.FEATURE_CACHE.ENABLED and self.model.frozen_image_features):
-            return False
-        trainable = [n for n, p in self.model.clip_model.visual.named_parameters() if p.requires_grad]
-        if trainable:
-            raise RuntimeError(f"{type(self.model).__name__} sets frozen_image_features but trains CLIP's image "
-                               f"tower ({trainable[:3]}): set it to False.")
-        return True
-
-    def _feature_cache(self) -> FeatureCache:
-        if getattr(self, "_frozen_feature_cache", None) is None:
-            root = self.cfg.FEATURE_CACHE.DIR or default_cache_dir()
-            self._frozen_feature_cache = FeatureCache(os.path.expanduser(root), self.cfg.DATALOADER.NUM_WORKERS)
-        return self._frozen_feature_cache
-
-    def _feature_key(self, transform: Any, autocast: bool, batch_size: int, views: str = "") -> FeatureKey:
-        cache = self._feature_cache()
-        backbone = clip.resolve_checkpoint(self.cfg.MODEL.BACKBONE.NAME)
-        prec = self.precision(self.cfg)
-        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
-        return FeatureKey(
-            backbone_sha256=file_sha256(backbone, os.path.join(cache.root, "backbones")),
-            encoder=type(self.model).encode_frozen_images.__qualname__, transform=repr(transform), precision=prec,
-            autocast=autocast and prec == "amp", device=device, torch_version=torch.__version__,
-            batch_size=batch_size, views=views)
-
-    def _encode_frozen(self, images: torch.Tensor, autocast: bool) -> torch.Tensor:
-        with self.autocast() if autocast else contextlib.nullcontext():
-            return self.model.encode_frozen_images(images.to(self.device))
-
-    def test_batches(self, data_loader, split: str):
-        """Batches of cached image features when the image tower is frozen and the test transform
-        deterministic; the loader otherwise."""
-        transform = data_loader.dataset.transform
-        if not self.uses_feature_cache() or not is_deterministic(transform):
-            return data_loader
-        autocast = self.model.autocast_at_test
-        found = self._feature_cache().split_features(
-            self._feature_key(transform, autocast, data_loader.batch_size), shard_group(self.cfg.DATASET.NAME, split),
-            data_loader.dataset.data_source, transform, lambda images: self._encode_frozen(images, autocast))
-        self.feature_cache_use[split] = found.status
-        return FeatureCache.batches(data_loader, found.features)
-
-    def epoch_batches(self):
-        """The training batches from cached features when the image tower is frozen and the training
-        transform deterministic, or with FEATURE_CACHE.TRAIN_VIEWS K; the loader's otherwise."""
-        loader = self.train_loader_x
-        views = int(self.cfg.FEATURE_CACHE.TRAIN_VIEWS)
-        if views and not self.model.frozen_image_features:
-            raise ConfigValueError(f"FEATURE_CACHE.TRAIN_VIEWS {views}: {type(self).__name__}'s image tower is not "
-                                   "frozen and prompt-free, so its features cannot be cached. Set it to 0.")
-        transform = loader.dataset.transform
-        if not self.uses_feature_cache() or loader.dataset.k_tfm != 1 or transform is None \
-                or isinstance(transform, (list, tuple)):
-            return super().epoch_batches()
-        deterministic = is_deterministic(transform)
-        if not deterministic and not views:
-            return super().epoch_batches()  # fresh random augmentation each step, as the original
-        seed = self.cfg.SEED
-        batch_size = self.cfg.DATALOADER.TEST.BATCH_SIZE
-        key = self._feature_key(transform, True, batch_size, "" if deterministic else f"{views} views, seed {seed}")
-        found = self._feature_cache().split_features(
-            key, shard_group(self.cfg.DATASET.NAME, "train_x"), loader.dataset.data_source, transform,
-            lambda images: self._encode_frozen(images, True), views=0 if deterministic else views, seed=seed)
-        self.feature_cache_use["train_x"] = found.status
-        # Which view each step takes: drawn from the seed and epoch, so a resumed run draws the same.
-        generator = torch.Generator().manual_seed(max(seed, 0) * 100_003 + self.epoch)
-        return FeatureCache.batches(loader, found.features, generator)
-
-    def extra_results(self) -> dict:
-        """results.json: where the feature cache served features ({split: hit/built/partial}) and
-        FEATURE_CACHE.TRAIN_VIEWS (K > 0 changes the training distribution)."""
-        results = super().extra_results()
-        results["feature_cache"] = {
-            "enabled": bool(self.cfg.FEATURE_CACHE.ENABLED and self.model.frozen_image_features),
-            "used": dict(self.feature_cache_use),
-            "train_views": int(self.cfg.FEATURE_CACHE.TRAIN_VIEWS),
-        }
-        return results
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:

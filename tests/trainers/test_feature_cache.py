@@ -4,7 +4,6 @@ rebuilt, and a method whose image tower trains never reads it."""
 from __future__ import annotations
 
 import glob
-import os
 
 import pytest
 import torch
