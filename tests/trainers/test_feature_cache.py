@@ -17,10 +17,10 @@ RESOLUTION = 32
 
 @pytest.fixture
 def caltech_root(tmp_path):
-    """A small 6-class Caltech101 tree (2 train, 1 val, 2 test images per class): steps are what cost."""
+    """A small 6-class Caltech101 tree (1 train, 1 val, 2 test images per class): steps are what cost."""
     from tests.factories.datasets import make_caltech101_tree
 
-    return make_caltech101_tree(tmp_path / "data", n_train=2, n_val=1, n_test=2)
+    return make_caltech101_tree(tmp_path / "data", n_train=1, n_val=1, n_test=2)
 
 
 def _argv(root, clip_path, out, cache_dir, *opts: str, trainer: str = "CoOp",
