@@ -1,7 +1,8 @@
 """What the frozen-feature cache saves: a full evaluation and a training epoch, with and without it.
 
     python -m benchmarks.feature_cache --trainer CoOp ZeroshotCLIP [--images 64] [--classes 8]
-        [--batch 32] [--train-batch 8] [--geometry vit_b16|tiny] [--device cpu|cuda] [--json out.json]
+        [--batch 32] [--train-batch 8] [--geometry vit_b16|tiny] [--device cpu|cuda] [--eval-only]
+        [--json out.json]
 
 A folder of --images random JPEG images (256 px, decoded and transformed as real data are) and a
 random CLIP with the geometry (nothing is downloaded); each trainer is built by the real code path
@@ -126,7 +127,7 @@ def measure(name: str, args, clip_path: str, tmp: str) -> dict[str, Any]:
     record["eval_cache_hit_s"] = _seconds(second.test)
     record["eval_cache_use"] = second.feature_cache_use.get("test", "not used")
     record["eval_logits_equal"] = bool(torch.equal(second.last_test["logits"], logits))
-    if TRAINER_REGISTRY.get(name).has_training:
+    if TRAINER_REGISTRY.get(name).has_training and not args.eval_only:
         record["epoch_recipe_augmentation_s"] = _epoch_seconds(fresh())
         record["epoch_deterministic_uncached_s"] = _epoch_seconds(fresh(*DETERMINISTIC, "FEATURE_CACHE.ENABLED", "False"))
         record["epoch_deterministic_cache_build_s"] = _epoch_seconds(fresh(*DETERMINISTIC))
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--prec", choices=("fp16", "fp32", "amp"), default=None,
                         help="precision (default: fp16 on cuda, as the originals; fp32 on cpu)")
+    parser.add_argument("--eval-only", action="store_true", help="measure evaluation only, no training epoch")
     parser.add_argument("--json", default="", help="write the records here")
     return parser
 

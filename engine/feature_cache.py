@@ -3,8 +3,9 @@
 When a method's image encoder is frozen and prompt-free, the features of an image depend only on
 the backbone file, the image file, the transform, the precision (and autocast), the device and
 the batching of the computation. `FeatureKey` holds all of that but the image; the features of one
-key live in ``<root>/<fingerprint>/`` as *shards*: one ``torch.save`` file per computed batch of
-images (``<group>-<hash of its image ids>.pt``, group = dataset and split), holding the image ids,
+key live in ``<root>/<fingerprint>/`` as *shards*: one ``torch.save`` file per set of images computed
+together, i.e. the images of a split missing at the time (``<group>-<hash of its image ids>.pt``,
+group = dataset and split), holding the image ids,
 the features and a SHA-256 of both. A shard is written to a temporary file and renamed
 (`atomic_torch_save`), so readers never see half a file and two jobs computing the same images
 write the same name with the same content. A shard that fails to load or to verify is deleted and
