@@ -194,6 +194,15 @@ def _build_defaults() -> CfgNode:
     # Ours: also write predictions.npz (logits, labels, image paths) after the final test.
     _C.TEST.SAVE_PREDICTIONS = False
 
+    # Ours: the cache of frozen image features (README "Frozen-feature cache"). Used only by methods
+    # whose image encoder is frozen and prompt-free (MethodModel.frozen_image_features).
+    _C.FEATURE_CACHE = CN()
+    _C.FEATURE_CACHE.ENABLED = True  # test-time features (and training ones under a deterministic transform)
+    _C.FEATURE_CACHE.DIR = ""  # "": $CLIP_FEATURE_CACHE_DIR, else ~/.cache/clip_features (shared by runs/seeds)
+    # K > 0: train on K cached augmented views per image (one drawn per step) instead of a fresh
+    # augmentation each step. Off by default: it changes the training distribution.
+    _C.FEATURE_CACHE.TRAIN_VIEWS = 0
+
     _C.TRAINER = CN()
     _C.TRAINER.NAME = ""
     return _C

@@ -568,7 +568,7 @@ class SimpleTrainer(TrainerBase):
         logger.info("Evaluate on the *%s* set", split)
         impaths: list[str] = []
         t0 = time.time()
-        for batch in tqdm(data_loader, disable=not progress_bars_enabled()):
+        for batch in tqdm(self.test_batches(data_loader, split), disable=not progress_bars_enabled()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             self.evaluator.process(output, label)
@@ -584,6 +584,11 @@ class SimpleTrainer(TrainerBase):
             logits, labels = self.evaluator.outputs()
             self.last_test["logits"], self.last_test["labels"] = logits, labels
         return list(results.values())[0]
+
+    def test_batches(self, data_loader, split: str) -> Iterable:
+        """The batches an evaluation of `split` iterates: the loader's (a method that reads cached
+        image features yields those instead, see `engine.feature_cache`)."""
+        return data_loader
 
     def model_inference(self, input):
         return self.model(input)

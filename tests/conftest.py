@@ -50,6 +50,12 @@ def _isolated_global_state():
     os.chdir(_BASELINE_CWD)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache_in_tmp(tmp_path_factory):
+    """Runs in tests write their frozen-feature cache (FEATURE_CACHE.DIR "") under the session's tmp."""
+    os.environ["CLIP_FEATURE_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature_cache"))
+
+
 @pytest.fixture
 def temp_dataset():
     """Register throw-away dataset classes (``temp_dataset(cls)``) for one test, then remove them."""

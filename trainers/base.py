@@ -20,6 +20,12 @@ regulariser in `loss`; MaPLe passes its deep prompts to both encoders in `encode
 `encode_texts`; TaskRes adds a residual to fixed text features in `encode_texts`; DePT wraps any
 host model, adds its head on `features(...).image`, mixes logits in `logits` and rescales
 `Loss.ce` in `loss`, with its own parameter group.
+
+A model whose image features come from the frozen, prompt-free image tower alone sets
+`frozen_image_features = True`: then `ClipMethod` reads them from the feature cache
+(`engine.feature_cache`, FEATURE_CACHE.*) at test time, and in training when the training transform
+is deterministic (or FEATURE_CACHE.TRAIN_VIEWS asks for cached augmented views); they reach
+`encode_images` as `CachedImageFeatures` instead of images.
 """
 from __future__ import annotations
 
@@ -38,8 +44,10 @@ from engine.backbone import Preprocess
 from engine.checkpoint import load_pretrained_weights
 from engine.errors import ConfigValueError
 from engine.evaluation import compute_accuracy
+from engine.feature_cache import CachedImageFeatures
 from engine.optim import build_lr_scheduler, build_optimizer
 from trainers.common import PRECISIONS, autocast_context, cosine_logits, load_clip, make_grad_scaler
+from trainers.feature_cache import FrozenFeatureCacheMixin
 
 __all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "PromptLearnerModel", "StepOutput", "staged_param_groups"]
 
@@ -88,6 +96,10 @@ class MethodModel(nn.Module):
     trains_on_image_prefix = False
     # Whether test-time inference runs under autocast with PREC amp (the originals differ).
     autocast_at_test = True
+    # True when the image features are `encode_frozen_images(images)` of a tower that nothing trains
+    # or prompts: then they may come from the feature cache. Leave False for a trained image tower
+    # (FT-CLIP, Skip Tuning) or vision prompts (MaPLe, PromptSRC).
+    frozen_image_features = False
 
     def __init__(self, clip_model: nn.Module) -> None:
         super().__init__()
@@ -127,8 +139,14 @@ class MethodModel(nn.Module):
         return ()
 
     # ------------------------------------------------------------------ maths
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_frozen_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen image tower's features: what the feature cache stores."""
         return self.clip_model.encode_image(images.type(self.dtype))
+
+    def encode_images(self, images: torch.Tensor | CachedImageFeatures) -> torch.Tensor:
+        if isinstance(images, CachedImageFeatures):
+            return images.features
+        return self.encode_frozen_images(images)
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Class text features [C, D] (or [B, C, D] when `text_depends_on_image`)."""
@@ -207,7 +225,7 @@ def staged_param_groups(named: list[tuple[str, nn.Parameter]], optim_cfg: Any, n
     return groups
 
 
-class ClipMethod(TrainerX):
+class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
     """The trainer of every CLIP method: see the module docstring. A method sets `precision_key`
     and implements `build_method`; the rest is optional."""
 

@@ -58,6 +58,7 @@ class CoCoOpModel(PromptLearnerModel):
 
     text_depends_on_image = True
     autocast_at_test = False  # the original evaluates amp runs without autocast
+    frozen_image_features = True  # the meta-net reads the frozen features; the image tower takes no prompt
 
     def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner, text_chunk_mb: float) -> None:
         super().__init__(clip_model, prompt_learner)

@@ -42,6 +42,7 @@ class CoOpModel(PromptLearnerModel):
     """Frozen CLIP + CoOp's prompt learner."""
 
     autocast_at_test = False  # the original evaluates amp runs without autocast
+    frozen_image_features = True  # CLIP's image tower is frozen and takes no prompt
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.clip_model.encode_text_embeddings(self.prompt_learner(), self.prompt_learner.eot_indices)

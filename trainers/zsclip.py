@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 class ZeroshotModel(MethodModel):
     """CLIP with fixed class text features (normalised once, as the original)."""
 
+    frozen_image_features = True
+
     def __init__(self, clip_model: nn.Module, text_features: torch.Tensor) -> None:
         super().__init__(clip_model)
         self.register_buffer("text_features", text_features, persistent=False)
