@@ -47,6 +47,8 @@ class Adapter(nn.Module):
 class ClipAdapterModel(MethodModel):
     """Frozen CLIP + the adapter on the image features; fixed class text features."""
 
+    frozen_image_features = True  # the adapter reads the frozen tower's features
+
     def __init__(self, clip_model: nn.Module, adapter: Adapter, text_features: torch.Tensor, ratio: float) -> None:
         super().__init__(clip_model)
         self.adapter = adapter

@@ -116,6 +116,7 @@ class DePTModel(MethodModel):
         self.text_depends_on_image = host.text_depends_on_image
         self.trains_on_image_prefix = host.trains_on_image_prefix
         self.autocast_at_test = host.autocast_at_test
+        self.frozen_image_features = host.frozen_image_features  # the head reads the host's image features
         dim = host.clip_model.text_projection.shape[1]
         self.film_lp_img = FiLM(dim) if settings.film else nn.Identity()
         self.film_lp_text = FiLM(dim) if settings.film else nn.Identity()
@@ -150,6 +151,9 @@ class DePTModel(MethodModel):
         return (*host, *ORIGINAL_FROZEN_KEYS, *no_classifier)
 
     # ------------------------------------------------------------------ the host's computation
+    def encode_frozen_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.host.encode_frozen_images(images)
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.host.encode_images(images)
 

@@ -44,12 +44,14 @@ class FrozenFeatureCacheMixin:
         return self._frozen_feature_cache
 
     def _feature_key(self, transform: Any, autocast: bool, batch_size: int, views: str = "") -> FeatureKey:
-        prec = self.precision(self.cfg)
+        # The precision the tower really runs in: a method may keep it in fp32 under PREC fp16 (TaskRes).
+        tower_dtype = next(self.model.clip_model.visual.parameters()).dtype
+        prec = f"{self.precision(self.cfg)}, image tower {str(tower_dtype).replace('torch.', '')}"
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         return FeatureKey(
             backbone_sha256=self._backbone_sha256(),
             encoder=type(self.model).encode_frozen_images.__qualname__, transform=repr(transform), precision=prec,
-            autocast=autocast and prec == "amp", device=device, torch_version=torch.__version__,
+            autocast=autocast and self.precision(self.cfg) == "amp", device=device, torch_version=torch.__version__,
             batch_size=batch_size, views=views)
 
     def _backbone_sha256(self) -> str:

@@ -110,6 +110,7 @@ class TaskResModel(PromptLearnerModel):
     """Frozen CLIP + the task residual; the class text features are T + alpha * x (normalised in `logits`)."""
 
     autocast_at_test = False  # the original evaluates amp runs without autocast
+    frozen_image_features = True  # only the class-side residual trains
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.prompt_learner()

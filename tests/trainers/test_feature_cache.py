@@ -173,3 +173,35 @@ def test_a_trainable_image_tower_never_reads_the_cache(caltech_root, tiny_clip_p
     with pytest.raises(RuntimeError, match="frozen_image_features"):
         _trainer(_argv(caltech_root, tiny_clip_path, tmp_path / "coop", cache)).test()
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("trainer, config, prec_key", [
+    ("TaskRes", "TaskRes/adam_lr2e-4_B256_ep200_ViT16", "TRAINER.TaskRes.PREC"),
+    ("CLIP_Adapter", "CoOp/vit_b16_ep50", "TRAINER.CLIP_ADAPTER.PREC"),
+    ("ExtrasLinearProbeCoOp", "ExtrasLinearProbeCoOp/vit_b16_ep10_bs4_lr35", "TRAINER.COOP.PREC"),
+])
+def test_frozen_tower_methods_read_the_cache_and_give_the_uncached_logits(trainer, config, prec_key, caltech_root,
+                                                                          tiny_clip_path, tmp_path):
+    # Base classes: DePT's head (on the host's image features) takes part in the logits.
+    argv = _argv(caltech_root, tiny_clip_path, tmp_path / "out", tmp_path / "cache", "DATASET.SUBSAMPLE_CLASSES",
+                 "base", trainer=trainer, config=config, prec_key=prec_key)
+    uncached, _ = _evaluate(_trainer(argv + ["FEATURE_CACHE.ENABLED", "False"]))
+    _evaluate(_trainer(argv))  # builds the cache
+    hit_trainer = _trainer(argv)
+    calls = _count_image_encoder_calls(hit_trainer)
+    hit, use = _evaluate(hit_trainer)
+    assert use == {"test": "hit"} and calls == []
+    assert torch.equal(hit, uncached)
+
+
+def test_the_key_holds_the_precision_the_image_tower_really_runs_in(caltech_root, tiny_clip_path, tmp_path):
+    # TaskRes under PREC fp16 computes its base in fp16, then runs CLIP (image tower included) in fp32:
+    # its features must not be read as those of a CoOp fp16 run, whose tower is fp16.
+    common = dict(prec_key="TRAINER.COOP.PREC")
+    coop = _trainer(_argv(caltech_root, tiny_clip_path, tmp_path / "a", tmp_path / "cache", **common))
+    taskres = _trainer(_argv(caltech_root, tiny_clip_path, tmp_path / "b", tmp_path / "cache", "TRAINER.TaskRes.PREC",
+                             "fp16", trainer="TaskRes", config="TaskRes/adam_lr2e-4_B256_ep200_ViT16",
+                             prec_key="TRAINER.TaskRes.PREC"))
+    transform = taskres.test_loader.dataset.transform
+    assert "image tower float32" in taskres._feature_key(transform, False, 5).precision
+    assert taskres._feature_key(transform, False, 5) != coop._feature_key(transform, False, 5)
