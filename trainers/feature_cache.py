@@ -26,10 +26,15 @@ class FrozenFeatureCacheMixin:
         self.feature_cache_use: dict[str, str] = {}  # split -> hit / built / partial (results.json)
         super().__init__(cfg)
 
+    def _frozen_image_features(self) -> bool:
+        """Whether the model declares a frozen, prompt-free image tower (a model that is not a CLIP
+        method, e.g. DyT's ViT, does not)."""
+        return bool(getattr(self.model, "frozen_image_features", False))
+
     def uses_feature_cache(self) -> bool:
         """FEATURE_CACHE.ENABLED and a model declaring `frozen_image_features` (checked: no trainable
         parameter in CLIP's image tower)."""
-        if not (self.cfg.FEATURE_CACHE.ENABLED and self.model.frozen_image_features):
+        if not (self.cfg.FEATURE_CACHE.ENABLED and self._frozen_image_features()):
             return False
         trainable = [n for n, p in self.model.clip_model.visual.named_parameters() if p.requires_grad]
         if trainable:
@@ -86,7 +91,7 @@ class FrozenFeatureCacheMixin:
         transform deterministic, or with FEATURE_CACHE.TRAIN_VIEWS K; the loader's otherwise."""
         loader = self.train_loader_x
         views = int(self.cfg.FEATURE_CACHE.TRAIN_VIEWS)
-        if views and not self.model.frozen_image_features:
+        if views and not self._frozen_image_features():
             raise ConfigValueError(f"FEATURE_CACHE.TRAIN_VIEWS {views}: {type(self).__name__}'s image tower is not "
                                    "frozen and prompt-free, so its features cannot be cached. Set it to 0.")
         transform = getattr(loader.dataset, "transform", None)
@@ -112,7 +117,7 @@ class FrozenFeatureCacheMixin:
         FEATURE_CACHE.TRAIN_VIEWS (K > 0 changes the training distribution)."""
         results = super().extra_results()
         results["feature_cache"] = {
-            "enabled": bool(self.cfg.FEATURE_CACHE.ENABLED and self.model.frozen_image_features),
+            "enabled": bool(self.cfg.FEATURE_CACHE.ENABLED and self._frozen_image_features()),
             "used": dict(self.feature_cache_use),
             "train_views": int(self.cfg.FEATURE_CACHE.TRAIN_VIEWS),
         }
