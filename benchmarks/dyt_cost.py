@@ -153,15 +153,15 @@ def table(c: DyTCost) -> str:
     """A Markdown table: the plain ViT and DyT side by side, the ratio in the last column."""
     rows = [
         (f"training step, batch {c.batch} (s)", f"{c.full_ft_step_s:.3f}", f"{c.dyt_step_s:.3f}",
-         f"{c.step_speedup:.2f}x faster"),
+         f"{c.step_speedup:.2f}x"),
         ("trainable parameters", f"{c.full_ft_trainable_params:,}", f"{c.dyt_trainable_params:,}", ""),
         (f"inference, batch {c.eval_batch} (images/s)", f"{c.vit_images_per_s:.1f}", f"{c.dyt_images_per_s:.1f}",
-         f"{c.inference_speedup:.2f}x faster"),
+         f"{c.inference_speedup:.2f}x"),
         ("inference GFLOPs per image", f"{c.vit_gflops_per_image:.2f}", f"{c.dyt_gflops_per_image:.2f}",
-         f"{c.flops_ratio:.2f}x fewer"),
+         f"{c.flops_ratio:.2f}x (FLOPs ratio)"),
     ]
     lines = [f"{c.arch}, random weights, CPU fp32, {c.threads} threads, DyT activation rate {c.activation_rate:.3f}",
-             "", "| | plain ViT (full fine-tuning) | DyT | DyT vs plain |", "|---|---|---|---|"]
+             "", "| | plain ViT (full fine-tuning) | DyT | DyT speed-up |", "|---|---|---|---|"]
     return "\n".join(lines + [f"| {' | '.join(r)} |" for r in rows])
 
 
