@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.errors import ConfigValueError, run_cli
-from trainers.dyt import DyTSettings, DyTViT, _explicit_attention
+from trainers.backbones import explicit_attention
+from trainers.dyt import DyTSettings, DyTViT
 
 
 @dataclass
@@ -136,7 +137,7 @@ def measure(arch: str, batch: int, eval_batch: int, steps: int, rate: float, ima
     with torch.no_grad():
         vit_s = median_time(lambda: vit(eval_images), steps)
         dyt_eval_s = median_time(lambda: model(eval_images), steps)
-    with _explicit_attention(vit), _explicit_attention(model.vit):
+    with explicit_attention(vit), explicit_attention(model.vit):
         vit_gf = gflops_per_image(vit, eval_images)
         dyt_gf = gflops_per_image(model, eval_images)
     return DyTCost(

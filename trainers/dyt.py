@@ -31,7 +31,7 @@ import math
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -48,7 +48,7 @@ from engine.config import CfgNode as CN
 from engine.data.transforms import build_transform
 from engine.errors import ConfigValueError, MissingFileError
 from engine.optim import build_optimizer
-from trainers.backbones import build_timm_vit, timm_preprocess_cfg
+from trainers.backbones import build_timm_vit, explicit_attention, timm_preprocess_cfg
 from trainers.base import ClipMethod, Loss, StepOutput
 from trainers.common import make_grad_scaler
 
@@ -307,7 +307,7 @@ class DyTViT(nn.Module):
         mode = "skip" if self.real_skip else "dynamic"
         if self.stats is None:
             return self.run(images, mode).logits
-        with _explicit_attention(self.vit), FlopCounterMode(display=False) as counter:
+        with explicit_attention(self.vit), FlopCounterMode(display=False) as counter:
             out = self.run(images, mode)
         if out.gates is None:  # a linear probe: every patch token through every MLP
             patches = self.vit.patch_embed.num_patches
@@ -349,20 +349,6 @@ class TrainedParts(nn.Module):
         self.blocks = nn.ModuleList(
             nn.ModuleDict({part: getattr(b, part) for part in TRAINED_PARTS}) for b in vit.blocks)
         self.head = vit.head
-
-
-@contextlib.contextmanager
-def _explicit_attention(vit: nn.Module) -> Iterator[None]:
-    """timm's explicit softmax attention (FlopCounterMode does not count CPU fused attention)."""
-    attns = [b.attn for b in vit.blocks if hasattr(b.attn, "fused_attn")]
-    previous = [a.fused_attn for a in attns]
-    for a in attns:
-        a.fused_attn = False
-    try:
-        yield
-    finally:
-        for a, p in zip(attns, previous):
-            a.fused_attn = p
 
 
 class DyTSchedule(LRScheduler):
