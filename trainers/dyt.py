@@ -16,6 +16,7 @@ same weights) + KL(teacher.detach() || student). Inference really skips: the kep
 whole batch are gathered, the MLP runs on them only, and the results are scattered back.
 FLOPs per image (torch's FlopCounterMode on that path, multiply-adds as fvcore counts them) and the
 activation rate per layer go to results.json. Spec: shared/specs/dyt.md; README "## DyT".
+TRAINER.DYT.LINEAR_PROBE is not DyT but its baseline on the same backbone: only the head trains.
 
 Parameter names are the original's (``blocks.{i}.adaptmlp.down_proj.weight``,
 ``blocks.{i}.mlp_token_select.mlp_head.weight``, ``head.weight``), so the original's
