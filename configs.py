@@ -22,6 +22,9 @@ base = dict(
                       'caltech101', 'fgvc_aircraft', 'dtd', 'oxford_pets', 'eurosat'],
         xd_source='imagenet',  # xd: the dataset trained on (all classes)
         dg_datasets=['imagenetv2', 'imagenet_sketch', 'imagenet_a', 'imagenet_r'],  # xd targets averaged as average_dg
+        # Summary rows of the accuracy tables (b2n, all): {label: [datasets]}, each the mean over its
+        # datasets, then `average_groups`, the mean of these rows (VTAB's group-mean average).
+        groups={},
     ),
 
     # Summary mail: off while host is empty. The password is read from the environment variable
@@ -255,16 +258,24 @@ _vtab_specialized = ['vtab_patch_camelyon', 'vtab_eurosat', 'vtab_resisc45', 'vt
 _vtab_structured = ['vtab_clevr_count', 'vtab_clevr_dist', 'vtab_dmlab', 'vtab_kitti', 'vtab_dsprites_loc',
                     'vtab_dsprites_ori', 'vtab_smallnorb_azi', 'vtab_smallnorb_ele']
 
+# Demo mode: the demo CLIP's image tower as a timm ViT (demo/vit.py), 32 px, 10 short epochs.
+_dyt_demo = dict(cfg='DyT/demo')
+_vtab_groups = dict(natural=_vtab_natural, specialized=_vtab_specialized, structured=_vtab_structured)
+
+# The tallies: per task the last-epoch acc_pct and the original's best_acc_pct (best test accuracy over
+# epochs), the three group means, `average` (19-task mean) and `average_groups` (the papers' average).
 dyt_vtab = dict(
-    data=dict(datasets_all=_vtab_natural + _vtab_specialized + _vtab_structured),
+    data=dict(datasets_all=_vtab_natural + _vtab_specialized + _vtab_structured, groups=_vtab_groups),
     train=dict(mode='all', trainer='DyT', cfg='vit_b16_vtab', seeds=[1], shots=-1, opts=_dyt_backbone),
+    demo=_dyt_demo,
 )
 
 # A few-task smoke run of the same recipe (one task per VTAB group, 10 epochs).
 dyt_vtab_smoke = dict(
-    data=dict(datasets_all=['vtab_cifar', 'vtab_eurosat', 'vtab_dsprites_loc']),
+    data=dict(datasets_all=['vtab_cifar', 'vtab_eurosat', 'vtab_dsprites_loc'], groups=_vtab_groups),
     train=dict(mode='all', trainer='DyT', cfg='vit_b16_vtab', seeds=[1], shots=-1,
                opts=_dyt_backbone + ['OPTIM.MAX_EPOCH', '10', 'OPTIM.WARMUP_EPOCH', '1']),
+    demo=_dyt_demo,
 )
 
 # ---- PromptSRC ----

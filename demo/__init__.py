@@ -17,6 +17,7 @@ import os
 
 import clip
 from demo import datasets as _datasets  # noqa: F401  (registers the demo datasets)
+from demo import vit as _vit  # noqa: F401  (registers the timm architecture of the demo image tower)
 
 __all__ = ["DEMO_MODEL_NAME", "DEMO_CLIP_PATH"]
 

@@ -23,7 +23,7 @@ MODES = ("b2n", "xd", "all")
 # Environment variable that supplies the data root when configs.py leaves data.root at None.
 DATA_ENV = "DATA"
 # Keys whose values are free-form dicts (not checked against base).
-FREE_FORM = {("runner", "slurm", "additional")}
+FREE_FORM = {("runner", "slurm", "additional"), ("data", "groups")}
 
 
 class ConfigError(ValueError):
@@ -149,6 +149,7 @@ def build_task(module: ModuleType, name: str, pipeline: int = 0, gpu_ids: list[i
         if key not in ("root", "result", "cost"):
             raise ConfigError(f"{where}: output.remove_dirs holds {key!r}; expected names among 'root', 'result', 'cost'.")
 
+    _check_groups(cfg["data"].setdefault("groups", {}), where)
     demo = resolve_data_root(cfg) is None
     if demo:
         d = cfg["demo"]
@@ -163,6 +164,19 @@ def build_task(module: ModuleType, name: str, pipeline: int = 0, gpu_ids: list[i
     task = Task(name=name, cfg=cfg, pipeline=pipeline, gpu_ids=list(gpu_ids or []), demo=demo)
     check_files(task)
     return task
+
+
+def _check_groups(groups: Any, where: str) -> None:
+    """data.groups: {label: [dataset, ...]}, each label a new row of the accuracy table."""
+    ok = isinstance(groups, dict) and all(
+        isinstance(k, str) and isinstance(v, (list, tuple)) and all(isinstance(d, str) for d in v)
+        for k, v in groups.items())
+    if not ok:
+        raise ConfigError(f"{where}: data.groups must map a row label to a list of dataset names, "
+                          f"e.g. dict(natural=['vtab_cifar', 'vtab_dtd']); got {groups!r}.")
+    clash = {"average", "average_xd", "average_dg"} & set(groups)
+    if clash:
+        raise ConfigError(f"{where}: data.groups uses the reserved row label(s) {sorted(clash)}; rename the group.")
 
 
 def trainer_config_path(train: dict) -> str:

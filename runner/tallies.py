@@ -7,7 +7,12 @@ seeds `<quantity>`, the sample std over seeds `<quantity>_std` (ddof=1; empty wi
 Accuracy CSVs keep the originals' columns (renamed with their unit) and dataset order. H of an
 average is the harmonic mean of the averaged base and new accuracies (`harmonic_mean`), never the
 mean of per-dataset H. A missing result is left empty (the originals wrote 0) and makes the
-averages empty, so a hole is visible. When the ledger holds finished zero-shot runs
+averages empty, so a hole is visible. A method that tests every epoch (DyT) also records the best test
+accuracy over epochs (`best_epoch_accuracy`, what VTAB papers report): in `all` mode its column
+`best_acc_pct` follows the last-epoch `acc_pct`. `data.groups` (label -> datasets) adds one row per
+group (the mean over its datasets) before `average` (the mean over all datasets) and, after it,
+`average_groups`, the mean of the group means (VTAB's Natural / Specialized / Structured convention;
+`average` is then the 19-task mean). When the ledger holds finished zero-shot runs
 (`ZERO_SHOT_TRAINERS`) with the same dataset, classes, shots, seed and backbone, their accuracy
 follows as the reference (`zs_*`).
 
@@ -39,6 +44,8 @@ XD_ORDER = B2N_ORDER + ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet
 # Trainers whose runs serve as the zero-shot reference of the other methods' accuracy tables.
 ZERO_SHOT_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
 TOTAL_ROW = "total (times only)"
+GROUPS_ROW = "average_groups"  # the mean of the data.groups rows
+BEST_KEY = "best_epoch_accuracy"  # results.json: the best test accuracy over the tested epochs
 
 
 def harmonic_mean(base, new):
@@ -169,7 +176,39 @@ def _datasets_and_groups(mode: str, jobs: list[Job], data: dict) -> tuple[list[s
         return [source] + targets, [("average_xd", [d for d in targets if d not in dg]),
                                     ("average_dg", [d for d in targets if d in dg])]
     datasets = ordered(list(dict.fromkeys(j.dataset for j in jobs)), B2N_ORDER)
-    return datasets, [("average", datasets)]
+    return datasets, [*_group_rows(data, datasets), ("average", datasets)]
+
+
+def _group_rows(data: dict, datasets: list[str]) -> list[tuple[str, list[str]]]:
+    """data.groups restricted to the datasets in the table; a group with none of them has no row."""
+    rows = [(label, [d for d in members if d in datasets]) for label, members in (data.get("groups") or {}).items()]
+    return [(label, members) for label, members in rows if members]
+
+
+def _groups_mean_row(df: pd.DataFrame, labels: list[str], columns: list[str]) -> pd.DataFrame:
+    """`df` plus the GROUPS_ROW: the mean of the group rows (each group weighs the same, whatever its size)."""
+    row = {"dataset": GROUPS_ROW, **df.loc[df.dataset.isin(labels), columns].mean(skipna=False).to_dict()}
+    return pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class AccuracyPart:
+    """One accuracy quantity of a table: its column name, the runs it comes from, its results.json key."""
+
+    name: str
+    role: str
+    key: str = "accuracy"
+
+
+def _accuracy_parts(mode: str, res: dict) -> list[AccuracyPart]:
+    if mode == "b2n":
+        return [AccuracyPart("base_acc_pct", "train_base"), AccuracyPart("new_acc_pct", "test_new")]
+    if mode == "xd":
+        return [AccuracyPart("acc_pct", "xd_target")]
+    parts = [AccuracyPart("acc_pct", "all")]
+    if any(rec is not None and rec.get(BEST_KEY) is not None for rec in res.values()):
+        parts.append(AccuracyPart("best_acc_pct", "all", BEST_KEY))
+    return parts
 
 
 def accuracy_table(mode: str, jobs: list[Job], seeds: list[int], data: dict,
@@ -177,25 +216,24 @@ def accuracy_table(mode: str, jobs: list[Job], seeds: list[int], data: dict,
     """The accuracy table of one grid point (see the module docstring for the rules)."""
     res = _collect(jobs)
     datasets, groups = _datasets_and_groups(mode, jobs, data)
-    if mode == "b2n":
-        parts = [("base_acc_pct", "train_base", "base"), ("new_acc_pct", "test_new", "new")]
-    else:
-        role = {"xd": "xd_target", "all": "all"}[mode]
-        parts = [("acc_pct", role, "")]
+    parts = _accuracy_parts(mode, res)
     rows = []
     for ds in datasets:
         row: dict = {"dataset": ds}
-        for name, role, _ in parts:
-            if mode == "xd" and ds == data["xd_source"]:
-                role = "xd_source"
+        for part in parts:
+            role = "xd_source" if mode == "xd" and ds == data["xd_source"] else part.role
             recs = [res.get((role, ds, s)) for s in seeds]
-            row.update({f"{name}_seed{s}": _value(r, "accuracy") for s, r in zip(seeds, recs)})
-            if reference:
-                row.update({f"zs_{name}_seed{s}": reference.accuracy(r) for s, r in zip(seeds, recs)})
+            row.update({f"{part.name}_seed{s}": _value(r, part.key) for s, r in zip(seeds, recs)})
+            if reference and part.key == "accuracy":
+                row.update({f"zs_{part.name}_seed{s}": reference.accuracy(r) for s, r in zip(seeds, recs)})
         rows.append(row)
     df = pd.DataFrame(rows)
-    df = _summary_rows(df, groups, [c for c in df.columns if c != "dataset"])
-    names = [name for name, _, _ in parts]
+    value_columns = [c for c in df.columns if c != "dataset"]
+    df = _summary_rows(df, groups, value_columns)
+    group_labels = [label for label, _ in groups if label in (data.get("groups") or {})]
+    if group_labels:
+        df = _groups_mean_row(df, group_labels, value_columns)
+    names = [part.name for part in parts]
     if mode == "b2n":
         # Every H, per seed and overall, average rows included, is the HM of that row's base and new.
         for s in seeds:
@@ -210,7 +248,7 @@ def accuracy_table(mode: str, jobs: list[Job], seeds: list[int], data: dict,
     columns = ["dataset", *[f"{n}_seed{s}" for n in names for s in seeds], *names, *[f"{n}_std" for n in names]]
     zs_seed_cols = [c for c in df.columns if c.startswith("zs_")]
     if zs_seed_cols and df[zs_seed_cols].notna().any().any():
-        zs_names = [f"zs_{name}" for name, _, _ in parts]
+        zs_names = [f"zs_{part.name}" for part in parts if part.key == "accuracy"]
         for zs in zs_names:
             df[zs] = _mean_over(df, [f"{zs}_seed{s}" for s in seeds])
         if mode == "b2n":
@@ -346,8 +384,11 @@ HEADLINES = {"b2n": ("average", "H_pct"), "xd": ("average_xd", "acc_pct"), "all"
 
 
 def headline(mode: str, acc: pd.DataFrame) -> Headline:
-    """Average H (b2n), average_xd accuracy (xd), average accuracy (all)."""
+    """Average H (b2n), average_xd accuracy (xd), average accuracy (all); with data.groups, the mean
+    of the group means (the number VTAB papers print)."""
     row, col = HEADLINES[mode]
+    if mode != "xd" and (acc.dataset == GROUPS_ROW).any():
+        row = GROUPS_ROW
     sel = acc.loc[acc.dataset == row]
     if sel.empty:
         return Headline(row, col, math.nan, math.nan)

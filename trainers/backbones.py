@@ -20,9 +20,10 @@ other weights. Deprecated names are therefore refused, with the current name in 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import timm
@@ -33,7 +34,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from engine.errors import ConfigValueError, MissingFileError, UserError
 from engine.registry import closest_matches
 
-__all__ = ["BackboneWeightsError", "build_timm_vit", "timm_preprocess_cfg"]
+__all__ = ["BackboneWeightsError", "build_timm_vit", "explicit_attention", "timm_preprocess_cfg"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +179,18 @@ def _load_npz(model: VisionTransformer, name: str, path: str) -> None:
             f"backbone weights {path} do not fit timm model {name!r}: {error}. Pass the weights of this "
             "architecture, or the model name these weights belong to."
         ) from error
+
+
+@contextlib.contextmanager
+def explicit_attention(vit: torch.nn.Module) -> Iterator[None]:
+    """timm's explicit softmax attention in every block of `vit` for the duration (torch's
+    FlopCounterMode does not count CPU fused attention)."""
+    attns = [b.attn for b in vit.blocks if hasattr(b.attn, "fused_attn")]
+    previous = [a.fused_attn for a in attns]
+    for a in attns:
+        a.fused_attn = False
+    try:
+        yield
+    finally:
+        for a, p in zip(attns, previous):
+            a.fused_attn = p

@@ -16,6 +16,7 @@ same weights) + KL(teacher.detach() || student). Inference really skips: the kep
 whole batch are gathered, the MLP runs on them only, and the results are scattered back.
 FLOPs per image (torch's FlopCounterMode on that path, multiply-adds as fvcore counts them) and the
 activation rate per layer go to results.json. Spec: shared/specs/dyt.md; README "## DyT".
+TRAINER.DYT.LINEAR_PROBE is not DyT but its baseline on the same backbone: only the head trains.
 
 Parameter names are the original's (``blocks.{i}.adaptmlp.down_proj.weight``,
 ``blocks.{i}.mlp_token_select.mlp_head.weight``, ``head.weight``), so the original's
@@ -31,7 +32,7 @@ import math
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -40,6 +41,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+import clip
 from engine import TRAINER_REGISTRY
 from engine.backbone import Preprocess
 from engine.checkpoint import UnsafeCheckpointError
@@ -47,7 +49,7 @@ from engine.config import CfgNode as CN
 from engine.data.transforms import build_transform
 from engine.errors import ConfigValueError, MissingFileError
 from engine.optim import build_optimizer
-from trainers.backbones import build_timm_vit, timm_preprocess_cfg
+from trainers.backbones import build_timm_vit, explicit_attention, timm_preprocess_cfg
 from trainers.base import ClipMethod, Loss, StepOutput
 from trainers.common import make_grad_scaler
 
@@ -73,6 +75,7 @@ class DyTSettings:
     distill: bool = True
     adapter: str = "ffn"
     moe_experts: int = 4
+    linear_probe: bool = False  # the baseline: every token through the MLP, only the head trains
 
 
 class Draws(Protocol):
@@ -253,8 +256,8 @@ class DyTViT(nn.Module):
         self.vit = vit
         vit.requires_grad_(False)
         for block in vit.blocks:
-            for part in TRAINED_PARTS:
-                getattr(block, part).requires_grad_(True)
+            for part in TRAINED_PARTS:  # a linear probe keeps them frozen: the adapter's output stays 0
+                getattr(block, part).requires_grad_(not settings.linear_probe)
         if isinstance(vit.head, nn.Linear):
             nn.init.trunc_normal_(vit.head.weight, std=0.01)
             nn.init.zeros_(vit.head.bias)
@@ -285,6 +288,8 @@ class DyTViT(nn.Module):
     def run(self, images: torch.Tensor, mode: str, draws: Draws | None = None, pass_index: int = 0) -> DyTOutput:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if self.settings.linear_probe:
+            mode = "complete"
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         gates, logits = [], []
@@ -303,18 +308,26 @@ class DyTViT(nn.Module):
         mode = "skip" if self.real_skip else "dynamic"
         if self.stats is None:
             return self.run(images, mode).logits
-        with _explicit_attention(self.vit), FlopCounterMode(display=False) as counter:
+        with explicit_attention(self.vit), FlopCounterMode(display=False) as counter:
             out = self.run(images, mode)
-        kept = out.gates.sum(dim=(0, 2)).double().cpu()
+        if out.gates is None:  # a linear probe: every patch token through every MLP
+            patches = self.vit.patch_embed.num_patches
+            kept = torch.full((len(self.vit.blocks),), float(images.shape[0] * patches), dtype=torch.float64)
+        else:
+            patches = out.gates.shape[2]
+            kept = out.gates.sum(dim=(0, 2)).double().cpu()
         s = self.stats
         s.images += images.shape[0]
         s.flops += counter.get_total_flops()
         s.kept_per_layer = kept if s.kept_per_layer is None else s.kept_per_layer + kept
-        s.patch_tokens = out.gates.shape[2]
+        s.patch_tokens = patches
         return out.logits
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, draws: Draws | None = None) -> StepOutput:
         st = self.settings
+        if st.linear_probe:
+            logits = self.run(images, "complete").logits
+            return StepOutput(Loss(F.cross_entropy(logits, labels), {}), logits, labels)
         student = self.run(images, "dynamic", draws, pass_index=0)
         rate = student.gates.mean()
         regularisers = {"token_loss": st.rate_weight * (rate - st.target_ratio) ** 2}
@@ -337,20 +350,6 @@ class TrainedParts(nn.Module):
         self.blocks = nn.ModuleList(
             nn.ModuleDict({part: getattr(b, part) for part in TRAINED_PARTS}) for b in vit.blocks)
         self.head = vit.head
-
-
-@contextlib.contextmanager
-def _explicit_attention(vit: nn.Module) -> Iterator[None]:
-    """timm's explicit softmax attention (FlopCounterMode does not count CPU fused attention)."""
-    attns = [b.attn for b in vit.blocks if hasattr(b.attn, "fused_attn")]
-    previous = [a.fused_attn for a in attns]
-    for a in attns:
-        a.fused_attn = False
-    try:
-        yield
-    finally:
-        for a, p in zip(attns, previous):
-            a.fused_attn = p
 
 
 class DyTSchedule(LRScheduler):
@@ -415,6 +414,7 @@ class DyT(ClipMethod):
         d.DROP_PATH = 0.0  # --drop_path
         d.MIN_LR = 1e-5  # --min_lr: end of the half cosine
         d.REAL_SKIP = True  # inference gathers the kept tokens (False: MLP on all, output x gate)
+        d.LINEAR_PROBE = False  # not DyT: the same frozen backbone with only the head trained (a baseline)
         d.EVAL_FREQ = 1  # --eval_freq: test every N epochs; results.json gets the best (what DyT reports); 0: off
         # The original's recipe is the default (configs/trainers/DyT/vit_b16_vtab.yaml says the same).
         # Its LR schedule is always DyTSchedule: OPTIM.LR_SCHEDULER is not read.
@@ -459,7 +459,7 @@ class DyT(ClipMethod):
         d = cfg.TRAINER.DYT
         return DyTSettings(d.FFN_NUM, float(d.SCALE), float(d.ADAPTER_DROPOUT), float(d.TAU),
                            float(d.TOKEN_TARGET_RATIO), float(d.TOKEN_LOSS_RATIO), bool(d.DISTILL), d.ADAPTER,
-                           d.MOE_EXPERTS)
+                           d.MOE_EXPERTS, bool(d.LINEAR_PROBE))
 
     def autocast(self):
         """PREC amp as the original: fp16 autocast on CUDA; on a CPU the original's autocast and
@@ -594,8 +594,14 @@ class DyT(ClipMethod):
 
 
 def _backbone_file(name: str) -> str:
-    """MODEL.BACKBONE.NAME: the ViT weights file."""
+    """MODEL.BACKBONE.NAME: the ViT weights file, or the name of a CLIP file registered with
+    clip.register_local_model (`demo`: the demo CLIP, whose image tower timm's filter converts)."""
     if not name:
         raise ConfigValueError("MODEL.BACKBONE.NAME is empty: give the path of the ViT weights file "
                                "(e.g. jx_vit_base_patch16_224_in21k-e5005f0a.pth).")
-    return name
+    if name in clip.MODEL_FILES or os.path.isfile(os.path.expanduser(name)):
+        return name
+    try:
+        return clip.resolve_checkpoint(name)
+    except clip.CheckpointError:
+        return name  # check_cfg reports the missing file

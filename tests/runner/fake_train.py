@@ -3,7 +3,8 @@
 Each "epoch" sleeps $FAKE_TRAIN_SLEEP seconds and saves `model/model.pth.tar-<epoch>` plus the
 `model/checkpoint` pointer; a rerun into the same output dir resumes after the last saved epoch.
 The accuracy is a pure function of (dataset, seed, subsample, shots, trained epochs), so two sweeps
-agree exactly. Every completed run appends a line to `completions.txt` and every trained epoch to
+agree exactly; DyT runs also record `best_epoch_accuracy` (the best of that function over
+their epochs), `best_epoch` and `accuracy_by_epoch`. Every completed run appends a line to `completions.txt` and every trained epoch to
 `epochs.txt`, so tests can count what really ran, and its command line to `argv.jsonl`. $FAKE_TRAIN_FAIL: output dirs containing this
 string exit $FAKE_TRAIN_FAIL_CODE (default 3); with $FAKE_TRAIN_FAIL_ONCE=1 only their first attempt fails.
 SIGTERM is noted in `signals.txt` and ends the run with 143, like train.py (ignored with
@@ -21,7 +22,8 @@ import signal
 import sys
 import time
 
-KNOWN_TRAINERS = {"CoOp", "ZeroshotCLIP", "ZeroshotCLIP2", "SkipTuning", "FinetuneCLIP"}
+KNOWN_TRAINERS = {"CoOp", "ZeroshotCLIP", "ZeroshotCLIP2", "SkipTuning", "FinetuneCLIP", "DyT"}
+TESTS_EVERY_EPOCH = {"DyT"}  # their results.json carries the best test accuracy over epochs, as DyT's
 
 
 def atomic_write(path, text):
@@ -147,6 +149,12 @@ def main():
               "train_time_s": train_time if trained else None, "test_time_s": 0.01,
               "peak_memory_mb": 100.0 + shots, "peak_memory_kind": "cpu_peak_rss", "resident_memory_mb": 90.0,
               "train_step_memory_mb": 10.0 + shots if trained else None, "trainable_params": 1000 + shots}
+    if args.trainer in TESTS_EVERY_EPOCH and trained:
+        by_epoch = {e: round(score(state["dataset"], state["seed"], e, dataset, subsample, shots), 2)
+                    for e in range(1, state["epoch"] + 1)}
+        best = max(by_epoch.items(), key=lambda kv: (kv[1], kv[0]))
+        record.update(best_epoch_accuracy=best[1], best_epoch=best[0],
+                      accuracy_by_epoch={str(e): a for e, a in by_epoch.items()})
     atomic_write(os.path.join(out, "results.json"), json.dumps(record))
     with open(os.path.join(out, "completions.txt"), "a") as f:
         f.write(f"{time.time()}\n")

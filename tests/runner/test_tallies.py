@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from runner.plots import plot_accuracy_vs_cost, plot_grid_search
-from runner.tallies import (TOTAL_ROW, ZeroShotReference, accuracy_table, cost_table, harmonic_mean,
+from runner.tallies import (TOTAL_ROW, ZeroShotReference, accuracy_table, cost_table, harmonic_mean, headline,
                             write_point_tables)
 from runner.tasks import expand_task
 from tests.runner.conftest import build, sweep_base
@@ -197,3 +197,44 @@ def test_accuracy_vs_cost_plot_has_one_point_per_task(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["b2n-accuracy_vs_training_time.png",
                                                     "b2n-accuracy_vs_training_memory.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_vtab_table_reports_best_and_last_epoch_and_group_means(tmp_path):
+    groups = {"natural": ["vtab_cifar", "vtab_dtd"], "specialized": ["vtab_eurosat"],
+              "structured": ["vtab_kitti", "vtab_dmlab", "vtab_smallnorb_azi"]}
+    datasets = [d for members in groups.values() for d in members]
+    (t,) = build(sweep_base(tmp_path), {"t": {"train": {"mode": "all", "trainer": "DyT", "cfg": "vit_b16_vtab",
+                                                        "seeds": [1]},
+                                             "data": {"datasets_all": datasets, "groups": groups}}})
+    plan = expand_task(t)
+    last = {"vtab_cifar": 60.0, "vtab_dtd": 70.0, "vtab_eurosat": 90.0, "vtab_kitti": 30.0, "vtab_dmlab": 40.0,
+            "vtab_smallnorb_azi": 20.0}
+    for j in plan.jobs:  # the best epoch is 2 points above the last one
+        put(j, accuracy=last[j.dataset], best_epoch_accuracy=last[j.dataset] + 2.0, best_epoch=7)
+    (point,) = plan.points
+    acc, _ = write_point_tables("all", point, [1], t.cfg["data"])
+    assert list(acc.columns) == ["dataset", "acc_pct_seed1", "best_acc_pct_seed1", "acc_pct", "best_acc_pct",
+                                 "acc_pct_std", "best_acc_pct_std"]
+    assert list(acc.dataset) == datasets + ["natural", "specialized", "structured", "average", "average_groups"]
+    e = acc.set_index("dataset")
+    assert e.loc["natural", "acc_pct"] == 65.0 and e.loc["specialized", "acc_pct"] == 90.0
+    assert e.loc["structured", "acc_pct"] == 30.0
+    assert e.loc["average", "acc_pct"] == pytest.approx(round(310 / 6, 2))  # the 6-task mean: 51.67
+    assert e.loc["average_groups", "acc_pct"] == pytest.approx(round((65 + 90 + 30) / 3, 2))  # 61.67
+    assert e.loc["average_groups", "best_acc_pct"] == pytest.approx(round((67 + 92 + 32) / 3, 2))
+    assert e.loc["vtab_dtd", "best_acc_pct"] == 72.0
+    head = headline("all", acc)
+    assert head.row == "average_groups" and head.value == pytest.approx(61.67)
+
+
+def test_groups_without_members_add_no_row_and_no_best_column_without_best(tmp_path):
+    (t,) = build(sweep_base(tmp_path), {"t": {"train": {"mode": "all", "trainer": "CoOp", "cfg": "vit_b16",
+                                                        "seeds": [1]},
+                                             "data": {"datasets_all": ["dtd"], "groups": {"natural": ["dtd"],
+                                                                                          "structured": ["kitti"]}}}})
+    plan = expand_task(t)
+    for j in plan.jobs:
+        put(j, accuracy=50.0)
+    acc = accuracy_table("all", plan.jobs, [1], t.cfg["data"])
+    assert list(acc.dataset) == ["dtd", "natural", "average", "average_groups"]
+    assert "best_acc_pct" not in acc.columns
