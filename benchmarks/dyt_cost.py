@@ -5,7 +5,9 @@
 
 * Training step: full fine-tuning of the ViT (AdamW on every parameter, CE) against DyT's step
   (`DyTViT.training_step`: the dynamic and the complete pass, the released code's four loss terms,
-  AdamW on the adapters, dispatchers and head). Median wall time over --steps after one warm-up step.
+  AdamW on the adapters, dispatchers and head), and against DyT's one-pass step (DISTILL False: the
+  March 2024 loss, CE + rate on the dynamic pass only). Median wall time over --steps after one
+  warm-up step.
 * Inference: the plain ViT's forward against DyT's real-skipping forward at activation rate --rate
   (the paper's trained rate, ~0.49). Random dispatchers keep about half of the tokens by chance, so
   the rate is forced: one calibration pass on the benchmark batch shifts each dispatcher's bias by
@@ -49,6 +51,8 @@ class DyTCost:
     full_ft_step_s: float
     dyt_step_s: float
     step_speedup: float
+    dyt_one_pass_step_s: float  # DISTILL False: the March 2024 loss, the dynamic pass only
+    one_pass_step_speedup: float
     full_ft_trainable_params: int
     dyt_trainable_params: int
     activation_rate: float
@@ -122,6 +126,7 @@ def measure(arch: str, batch: int, eval_batch: int, steps: int, rate: float, ima
     torch.manual_seed(0)
     vit = timm.create_model(arch, pretrained=False, num_classes=classes, img_size=image_size)
     model = DyTViT(copy.deepcopy(vit), DyTSettings())
+    one_pass = DyTViT(copy.deepcopy(vit), DyTSettings(distill=False))
     size = vit.patch_embed.img_size
     images = torch.randn(batch, 3, *size)
     labels = torch.randint(0, classes, (batch,))
@@ -129,6 +134,9 @@ def measure(arch: str, batch: int, eval_batch: int, steps: int, rate: float, ima
     model.train()
     ft_s = median_time(full_ft_step(vit, images, labels), steps)
     dyt_s = median_time(dyt_step(model, images, labels), steps)
+    one_pass.train()
+    one_pass_s = median_time(dyt_step(one_pass, images, labels), steps)
+    del one_pass
 
     eval_images = torch.randn(eval_batch, 3, *size)
     vit.eval()
@@ -143,6 +151,7 @@ def measure(arch: str, batch: int, eval_batch: int, steps: int, rate: float, ima
     return DyTCost(
         arch=arch, batch=batch, eval_batch=eval_batch, threads=torch.get_num_threads(),
         full_ft_step_s=ft_s, dyt_step_s=dyt_s, step_speedup=ft_s / dyt_s,
+        dyt_one_pass_step_s=one_pass_s, one_pass_step_speedup=ft_s / one_pass_s,
         full_ft_trainable_params=sum(p.numel() for p in vit.parameters() if p.requires_grad),
         dyt_trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         activation_rate=measured_rate, vit_images_per_s=eval_batch / vit_s,
@@ -155,6 +164,8 @@ def table(c: DyTCost) -> str:
     rows = [
         (f"training step, batch {c.batch} (s)", f"{c.full_ft_step_s:.3f}", f"{c.dyt_step_s:.3f}",
          f"{c.step_speedup:.2f}x"),
+        (f"training step, one pass (DISTILL False), batch {c.batch} (s)", f"{c.full_ft_step_s:.3f}",
+         f"{c.dyt_one_pass_step_s:.3f}", f"{c.one_pass_step_speedup:.2f}x"),
         ("trainable parameters", f"{c.full_ft_trainable_params:,}", f"{c.dyt_trainable_params:,}", ""),
         (f"inference, batch {c.eval_batch} (images/s)", f"{c.vit_images_per_s:.1f}", f"{c.dyt_images_per_s:.1f}",
          f"{c.inference_speedup:.2f}x"),

@@ -200,7 +200,9 @@ class DynamicBlock(nn.Module):
         keep = draws.dropout_keep(pass_index, self.index, x.shape[:2] + (self.adaptmlp.down_proj.out_features,)) \
             if draws is not None and self.training else None
         if mode == "skip":
-            mlp_out = self._mlp_on_kept_tokens(x, gate)
+            return self._skip_mlp_of_dropped_tokens(x, gate, keep), gate[..., 0], z[..., 0]
+        if gate is not None and self.training and torch.is_grad_enabled():
+            mlp_out = self._masked_mlp_graph_on_kept_tokens(x, gate) * gate
         else:
             mlp_out = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
             if gate is not None:
@@ -208,13 +210,33 @@ class DynamicBlock(nn.Module):
         x = x + (mlp_out + self.adaptmlp(x, keep))
         return x, None if gate is None else gate[..., 0], None if z is None else z[..., 0]
 
-    def _mlp_on_kept_tokens(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """The MLP on the kept tokens of the whole batch only (gathered, then scattered back)."""
+    def _masked_mlp_graph_on_kept_tokens(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """MLP(LN2(x)) for every token, as the original's training computes it, but with an autograd
+        graph for the kept tokens only. A skipped token's straight-through gate is exactly 0 in the
+        forward ((0 - s) + s), so the gradient the original propagates back through its MLP is
+        exactly 0: skipping that backward changes no gradient and saves its time and activations.
+        The skipped tokens' MLP values are still computed, without a graph: the gate's gradient
+        needs them."""
+        flat = x.reshape(-1, x.shape[-1])
+        on = gate.reshape(-1) != 0
+        kept_index, skipped_index = on.nonzero().squeeze(1), (~on).nonzero().squeeze(1)
+        kept = self.mlp(self.norm2(flat.index_select(0, kept_index)))
+        with torch.no_grad():
+            skipped = self.mlp(self.norm2(flat.index_select(0, skipped_index)))
+            out = torch.zeros(flat.shape, dtype=kept.dtype, device=flat.device).index_copy_(0, skipped_index, skipped)
+        out = out.index_copy(0, kept_index, kept).reshape(x.shape)
+        return self.drop_path2(self.ls2(out))
+
+    def _skip_mlp_of_dropped_tokens(self, x: torch.Tensor, gate: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Inference that really skips: the MLP runs on the kept tokens of the whole batch only
+        (gathered), and its outputs are added into the adapter's output at their rows. The sum is
+        the masked path's, term by term: a dropped row gets x + (0 + adapter) = x + adapter."""
         flat = x.reshape(-1, x.shape[-1])
         index = gate.reshape(-1).nonzero().squeeze(1)
         kept = self.ls2(self.mlp(self.norm2(flat.index_select(0, index))))
-        out = torch.zeros(flat.shape, dtype=kept.dtype, device=flat.device).index_copy_(0, index, kept)
-        return out.reshape(x.shape)
+        update = self.adaptmlp(x, keep)
+        update.view(-1, x.shape[-1]).index_add_(0, index, kept.to(update.dtype))
+        return x + update
 
 
 @dataclass

@@ -13,7 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.checkpoint import UnsafeCheckpointError
-from trainers.dyt import Adapter, DyTSchedule, DyTSettings, DyTViT, MoEAdapter, load_original_checkpoint
+from trainers.dyt import (Adapter, DynamicBlock, DyTSchedule, DyTSettings, DyTViT, MoEAdapter,
+                         load_original_checkpoint)
 
 WIDTH, MLP, TOKENS = 192, 768, 17  # ViT-Tiny at 64 px: 4x4 patches + the class token
 
@@ -80,6 +81,50 @@ def test_train_mode_draws_hard_gates_with_a_straight_through_gradient():
     out.gates.sum().backward()
     grad = model.vit.blocks[0].mlp_token_select.mlp_head.weight.grad
     assert grad is not None and grad.abs().sum() > 0  # through the soft sigmoid
+
+
+class SeededDraws:
+    """The same Gumbel exponentials and dropout masks for every run (per pass and block)."""
+
+    def exponentials(self, pass_index, block, shape):
+        g = torch.Generator().manual_seed(100 * pass_index + block)
+        return torch.empty(shape).exponential_(generator=g), torch.empty(shape).exponential_(generator=g)
+
+    def dropout_keep(self, pass_index, block, shape):
+        g = torch.Generator().manual_seed(1000 + 100 * pass_index + block)
+        return torch.rand(shape, generator=g) > 0.1
+
+
+def test_training_back_propagates_through_the_mlp_of_kept_tokens_only_with_the_originals_gradients(monkeypatch):
+    def step(model):
+        images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        out = model.training_step(images, torch.tensor([0, 3, 4]), SeededDraws())
+        out.loss.total.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        return out.loss.total.detach(), model.last_step.gates, grads
+
+    fc1_rows = []
+    model = tiny_model().double().train()
+    # Block 1: block 0's MLP is in no graph (nothing before its adapter needs a gradient).
+    model.vit.blocks[1].mlp.fc1.register_full_backward_hook(lambda m, gi, go: fc1_rows.append(go[0].numel() // MLP))
+    loss, gates, grads = step(model)
+    kept = int(gates[:, 1].sum())
+    # The student's graph holds block 1's MLP for its kept patch tokens and the 3 class tokens only; the
+    # complete pass (the teacher's CE) back-propagates through all 3 x 17 tokens.
+    assert sorted(fc1_rows) == [kept + 3, 3 * TOKENS]
+    assert 0 < kept < 3 * (TOKENS - 1)
+
+    # The original's arithmetic: the masked MLP of every token in the graph.
+    monkeypatch.setattr(DynamicBlock, "_masked_mlp_graph_on_kept_tokens",
+                        lambda self, x, gate: self.drop_path2(self.ls2(self.mlp(self.norm2(x)))))
+    reference_loss, reference_gates, reference_grads = step(tiny_model().double().train())
+    assert torch.equal(gates, reference_gates)
+    # float64: the kept rows' GEMMs may sum in another order (at most 768 terms, relative error
+    # <= 768 * 2^-53 ~ 1e-13 per dot product), far below 1e-10 of each tensor's largest gradient.
+    assert set(grads) == set(reference_grads) and len(grads) == 12 * 6 + 2
+    for name, grad in reference_grads.items():
+        assert torch.allclose(grads[name], grad, rtol=0, atol=1e-10 * grad.abs().max().item()), name
+    assert torch.allclose(loss, reference_loss, rtol=1e-12, atol=0)
 
 
 def test_moe_adapter_with_identical_experts_is_the_plain_adapter():
