@@ -742,10 +742,10 @@ BLOCKS: dict[str, Block] = {b.name: b for b in (
           measure_demo_zero_shot, render_demo_zero_shot),
     Block("demo_coop", "CoOp vs zero-shot CLIP on DemoShapes' base/new classes, and run times (~1 min)",
           measure_demo_coop, render_demo_coop),
-    Block("cost_benchmark", "benchmarks.train_step on the ViT-B/16 geometry, every trainer (several minutes)",
-          measure_cost_benchmark, render_cost_benchmark),
     Block("cocoop_batching", "CoCoOp's batched text encoding vs the original's per-image loop, ViT-B/16 (~5 min)",
           measure_cocoop_batching, render_cocoop_batching),
+    Block("cost_benchmark", "benchmarks.train_step on the ViT-B/16 geometry, every trainer (several minutes)",
+          measure_cost_benchmark, render_cost_benchmark),
 )}
 
 
