@@ -26,7 +26,8 @@ def test_tiny_run_forces_the_rate_and_skipping_saves_flops(tmp_path, capsys):
     assert record["dyt_trainable_params"] < record["full_ft_trainable_params"] / 20
     assert record["full_ft_step_s"] > 0 and record["dyt_images_per_s"] > 0
     assert record["one_pass_step_speedup"] == pytest.approx(record["full_ft_step_s"] / record["dyt_one_pass_step_s"])
-    assert "| inference GFLOPs per image |" in capsys.readouterr().out
+    assert record["fulltune_step_speedup"] == pytest.approx(record["fulltune_step_s"] / record["dyt_step_s"])
+    assert "| inference GFLOPs per image; baseline: the plain ViT |" in capsys.readouterr().out
 
 
 def test_rate_outside_zero_one_is_a_usage_error():
