@@ -25,6 +25,7 @@ from engine.memory import memory_in_use_mb, peak_memory_mb
 
 __all__ = [
     "PREFLIGHT_STEPS",
+    "OUT_OF_MEMORY_ERRORS",
     "MemoryCapacity",
     "MemoryShortfall",
     "MemoryFitError",
@@ -32,11 +33,13 @@ __all__ = [
     "PreflightProbe",
     "device_memory_capacity",
     "memory_capacity",
+    "fit_memory_mb",
     "fixed_step_memory_mb",
     "batch_that_fits",
+    "summary_line",
     "fit_error",
+    "eval_warning",
     "out_of_memory_error",
-    "OUT_OF_MEMORY_ERRORS",
 ]
 
 PREFLIGHT_STEPS = 2  # step 1 with its warm-up, step 2 as a steady step

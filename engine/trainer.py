@@ -5,8 +5,9 @@ modules it trains with `register_model`. Only registered modules are switched be
 mode, so frozen CLIP towers (and their BatchNorm statistics) stay in eval mode.
 
 Beyond Dassl: checkpoints carry the RNG state so that a resumed run is bit-identical to an
-uninterrupted one on CPU, a non-finite loss stops the run with the epoch and step, and every run
-writes `results.json` (accuracy and cost) and optionally `predictions.npz`.
+uninterrupted one on CPU, a non-finite loss stops the run with the epoch and step, the first
+training steps are measured, extrapolated and checked against the memory (engine/preflight.py), and
+every run writes `results.json` (accuracy and cost) and optionally `predictions.npz`.
 """
 from __future__ import annotations
 
@@ -547,7 +548,7 @@ class SimpleTrainer(TrainerBase):
         after an out-of-memory error, where it is unknown)."""
         return None
 
-    def training_step(self, batch) -> dict:
+    def guarded_forward_backward(self, batch) -> dict:
         """`forward_backward`, with an out-of-memory error in the preflight's steps turned into a clear stop."""
         if self._probe is None:
             return self.forward_backward(batch)
@@ -808,7 +809,7 @@ class TrainerX(SimpleTrainer):
         end = time.time()
         for self.batch_idx, batch in enumerate(batches):
             data_time.update(time.time() - end)
-            loss_summary = self.training_step(batch)
+            loss_summary = self.guarded_forward_backward(batch)
             self.step_lr_schedule()
             images = self.batch_size_of(batch)
             self.train_images_seen += images

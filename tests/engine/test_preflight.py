@@ -126,6 +126,24 @@ def test_a_run_over_the_memory_limit_stops_with_one_message_and_exit_status_2(
     assert not (out / "results.json").exists()
 
 
+def test_a_step_over_the_capacity_stops_with_the_batch_that_fits(
+        caltech_root, tiny_clip_path, tmp_path, capsys, monkeypatch):
+    import engine.preflight
+    import engine.trainer
+    import train
+
+    # Simulated measurements: 1000 MB resident, 1400 MB peak at batch 4, on a device of 1250 MB.
+    monkeypatch.setattr(engine.trainer, "memory_in_use_mb", lambda device: 1000.0)
+    monkeypatch.setattr(engine.preflight, "peak_memory_mb", lambda device: 1400.0)
+    monkeypatch.setattr(engine.preflight, "device_memory_capacity", lambda device: MemoryCapacity(1250.0, "test"))
+    status = train.cli(tiny_coop(caltech_root, tiny_clip_path, tmp_path / "run"))
+    error = capsys.readouterr().err
+    # CoOp's gradients and SGD momentum (4 x 64 fp32 context each) are 2 KB: 100 MB per image, so
+    # 1000 + 2 x 100 fits 1250 and 1000 + 3 x 100 does not.
+    assert status == 2 and "peaked at 1400 MB, over the 1250 MB available (test)" in error
+    assert "Try DATALOADER.TRAIN_X.BATCH_SIZE 2 " in error and "Traceback" not in error
+
+
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                                    MemoryError()], ids=["cuda", "cpu"])
 def test_out_of_memory_in_the_first_step_becomes_the_same_clear_stop(
@@ -219,3 +237,16 @@ def test_cocoop_suggests_the_text_chunk_that_would_fit(caltech_root, tiny_clip_p
     advice = trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=in_use / 4))
     assert advice.startswith(f"Or set TRAINER.COCOOP.TEXT_CHUNK_MB {math.floor(in_use - in_use / 4)} (now 8192;")
     assert trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=in_use)) is None  # chunks cannot
+
+
+def test_an_evaluation_batch_over_the_memory_is_a_warning_with_the_test_batch_that_fits():
+    from engine.preflight import eval_warning
+
+    record = record_for(1500.0, 1000.0, 10.0, 5.0, batch=8)  # the training step: 1000 + 10 + 40 fits 1500
+    record.fits, record.eval_batch_size = True, 200
+    record.eval_peak_bound_mb = 1000.0 + 5.0 * 200  # 2000 > 1500
+    warning = eval_warning(record)
+    # No gradients or optimiser state at test time: (1500 - 1000) / 5 = 100 images.
+    assert "DATALOADER.TEST.BATCH_SIZE 200 may not fit" in warning and warning.endswith("BATCH_SIZE 100.")
+    record.eval_peak_bound_mb = 1000.0 + 5.0 * 100  # 1500: fits exactly
+    assert eval_warning(record) is None
