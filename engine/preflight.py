@@ -268,11 +268,17 @@ def out_of_memory_error(error: BaseException, capacity: MemoryCapacity | None, r
     smaller = max(1, batch_size // 2)
     return MemoryFitError(
         f"The run does not fit: training step {step} ran out of memory ({type(error).__name__}: "
-        f"{str(error).splitlines()[0] if str(error) else 'no details'}). With {resident_mb:.0f} MB resident before "
+        f"{_first_words(str(error))}). With {resident_mb:.0f} MB resident before "
         f"training, a step at batch {batch_size} needs more than {available}. Try {BATCH_KEY} {smaller}"
         + (f" (the preflight of that run measures the step and says which batch fits)" if smaller < batch_size else "")
         + "; a smaller batch changes the training recipe." + (f" {advice}" if advice else "")
     )
+
+
+def _first_words(text: str, limit: int = 120) -> str:
+    """The start of an error's text (CUDA's out-of-memory message runs over several sentences)."""
+    line = text.strip().splitlines()[0] if text.strip() else "no details"
+    return line if len(line) <= limit else line[:limit].rstrip() + " ..."
 
 
 def _capacity_source(kind: str) -> str:
@@ -284,8 +290,9 @@ def _capacity_source(kind: str) -> str:
 
 
 def _batch_advice(batch: int, current: int) -> str:
-    if batch >= current:  # the estimate says the batch is not the problem (e.g. the allocator's cache)
-        return "A smaller batch would not lower the estimate much."
+    if batch >= current:  # the allocated memory fits: CUDA's cached blocks take the rest
+        return ("By this estimate the batch is not what exceeds the memory, the CUDA allocator's cache is: "
+                "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True lowers it.")
     if batch < 1:
         return ("Even batch 1 would not fit by this estimate: the model and its gradients and optimiser "
                 "state take the room.")
