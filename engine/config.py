@@ -182,6 +182,9 @@ def _build_defaults() -> CfgNode:
     _C.TRAIN = CN()
     _C.TRAIN.CHECKPOINT_FREQ = 0  # <= 0: save only the last epoch
     _C.TRAIN.PRINT_FREQ = 10  # in batches
+    # Not Dassl's: the memory (MB) the run may use; the preflight stops a run whose first steps peak
+    # above it. 0: what the device offers (free GPU memory, or the CPU's MemAvailable).
+    _C.TRAIN.MEMORY_LIMIT_MB = 0
     _C.TRAIN.COUNT_ITER = "train_x"
 
     _C.TEST = CN()

@@ -5,18 +5,20 @@ trainers and the sweep runner. Pure Python: the runner reads them without import
     <output>/<model name>/model-best.pth.tar   best_val mode
     <output>/<model name>/checkpoint           text: the newest file's name
     <output>/resume.pth.tar                    the rolling resume point (while training)
+    <output>/preflight.json                    the first training steps measured (engine/preflight.py)
 """
 from __future__ import annotations
 
 import os
 
 __all__ = ["CHECKPOINT_PREFIX", "BEST_CHECKPOINT_NAME", "POINTER_NAME", "RESUME_POINT_NAME",
-           "checkpoint_name", "parse_checkpoint_epoch"]
+           "PREFLIGHT_NAME", "checkpoint_name", "parse_checkpoint_epoch"]
 
 CHECKPOINT_PREFIX = "model.pth.tar-"
 BEST_CHECKPOINT_NAME = "model-best.pth.tar"
 POINTER_NAME = "checkpoint"
 RESUME_POINT_NAME = "resume.pth.tar"
+PREFLIGHT_NAME = "preflight.json"
 
 
 def checkpoint_name(epoch: int) -> str:

@@ -5,8 +5,9 @@ modules it trains with `register_model`. Only registered modules are switched be
 mode, so frozen CLIP towers (and their BatchNorm statistics) stay in eval mode.
 
 Beyond Dassl: checkpoints carry the RNG state so that a resumed run is bit-identical to an
-uninterrupted one on CPU, a non-finite loss stops the run with the epoch and step, and every run
-writes `results.json` (accuracy and cost) and optionally `predictions.npz`.
+uninterrupted one on CPU, a non-finite loss stops the run with the epoch and step, the first
+training steps are measured, extrapolated and checked against the memory (engine/preflight.py), and
+every run writes `results.json` (accuracy and cost) and optionally `predictions.npz`.
 """
 from __future__ import annotations
 
@@ -29,7 +30,20 @@ from tqdm import tqdm
 from engine.backbone import Preprocess
 from engine.checkpoint import load_checkpoint, save_checkpoint, write_loadable
 from engine.memory import memory_in_use_mb, peak_memory_mb, reset_peak_memory
-from engine.layout import BEST_CHECKPOINT_NAME, POINTER_NAME, RESUME_POINT_NAME, checkpoint_name, parse_checkpoint_epoch
+from engine.preflight import (
+    OUT_OF_MEMORY_ERRORS,
+    MemoryShortfall,
+    PreflightProbe,
+    eval_warning,
+    fit_error,
+    fixed_step_memory_mb,
+    memory_capacity,
+    out_of_memory_error,
+    summary_line,
+)
+from engine.layout import (
+    BEST_CHECKPOINT_NAME, POINTER_NAME, PREFLIGHT_NAME, RESUME_POINT_NAME, checkpoint_name, parse_checkpoint_epoch,
+)
 from engine.data import DataManager
 from engine.errors import ConfigValueError, MissingFileError, UserError
 from engine.evaluation import build_evaluator
@@ -40,6 +54,7 @@ from engine.utils import (
     MetricMeter,
     get_rng_state,
     mkdir_if_missing,
+    read_json,
     set_rng_state,
     write_json,
 )
@@ -437,6 +452,10 @@ class SimpleTrainer(TrainerBase):
         self.last_test: dict | None = None
         self.resident_memory_mb: float | None = None  # once the model is built
         self.train_step_memory_mb: float | None = None  # what training adds on top of it (peak - resident)
+        # The preflight (engine/preflight.py): the run's first measured steps, and a resumed invocation's.
+        self.preflight: dict | None = None
+        self.preflight_resumed: dict | None = None
+        self._probe: PreflightProbe | None = None  # while the first steps of this invocation are measured
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.build_data_loader()
@@ -510,7 +529,66 @@ class SimpleTrainer(TrainerBase):
         self.init_writer(writer_dir)
         self.resident_memory_mb = memory_in_use_mb(self.device)
         self._peak_was_reset = reset_peak_memory(self.device)
+        self.start_preflight(directory)
         self.time_start = time.time()
+
+    # ----------------------------------------------------------------- preflight
+    def start_preflight(self, resume_dir: str) -> None:
+        """Measure the first steps this invocation trains; a resumed run keeps the preflight of its start."""
+        if self.start_epoch > 0:
+            path = os.path.join(resume_dir, PREFLIGHT_NAME)
+            self.preflight = read_json(path).get("preflight") if os.path.isfile(path) else None
+        if self.start_epoch < self.max_epoch:
+            self._probe = PreflightProbe(self.device, self.resident_memory_mb, self.start_epoch, self.max_epoch)
+
+    def memory_advice(self, shortfall: MemoryShortfall) -> str | None:
+        """A method's own setting that would lower its training step's memory (e.g. a chunk size), as
+        one sentence for the preflight's stop message; None: the method has none. The engine adds the
+        batch size it suggests itself. `shortfall.excess_mb` is how much the peak must come down (None
+        after an out-of-memory error, where it is unknown)."""
+        return None
+
+    def guarded_forward_backward(self, batch) -> dict:
+        """`forward_backward`, with an out-of-memory error in the preflight's steps turned into a clear stop."""
+        if self._probe is None:
+            return self.forward_backward(batch)
+        try:
+            return self.forward_backward(batch)
+        except OUT_OF_MEMORY_ERRORS as error:
+            capacity = memory_capacity(self.device, self.cfg.TRAIN.MEMORY_LIMIT_MB)
+            size = self.batch_size_of(batch)
+            advice = self.memory_advice(MemoryShortfall(
+                capacity.mb if capacity else None, self.resident_memory_mb or 0.0, size, None))
+            raise out_of_memory_error(error, capacity, self.resident_memory_mb or 0.0, size,
+                                      len(self._probe.step_times) + 1, advice) from error
+
+    def preflight_step(self, batch_size: int, started: float) -> None:
+        """Time one of the first steps (started at `started`); after the last, check and record."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step's kernels, not only their launch
+        self._probe.add_step(time.time() - started, batch_size)
+        if self._probe.done(self.num_batches):
+            self.finish_preflight()
+
+    def finish_preflight(self) -> None:
+        probe, self._probe = self._probe, None
+        capacity = memory_capacity(self.device, self.cfg.TRAIN.MEMORY_LIMIT_MB)
+        fixed = fixed_step_memory_mb(o for o in self._optims.values() if o is not None)
+        record = probe.record(self.num_batches, fixed, capacity, self.cfg.DATALOADER.TEST.BATCH_SIZE)
+        logger.info(summary_line(record))
+        if self.start_epoch == 0 or self.preflight is None:
+            self.preflight = record.to_json()
+        else:
+            self.preflight_resumed = record.to_json()
+        write_json({"preflight": self.preflight, "preflight_resumed": self.preflight_resumed},
+                   os.path.join(self.output_dir, PREFLIGHT_NAME))
+        if record.fits is False:
+            excess = record.fit_memory_mb - record.capacity_mb
+            shortfall = MemoryShortfall(record.capacity_mb, record.resident_memory_mb, record.batch_size, excess)
+            raise fit_error(record, self.memory_advice(shortfall))
+        warning = eval_warning(record)
+        if warning:
+            logger.warning(warning)
 
     def after_epoch(self) -> None:
         last_epoch = (self.epoch + 1) == self.max_epoch
@@ -660,6 +738,9 @@ class SimpleTrainer(TrainerBase):
             ),
             "wall_time_s": round(time.time() - self.wall_start, 3),
             "device": self.device.type,
+            # The first training steps measured and extrapolated (engine/preflight.py); null for eval-only.
+            "preflight": self.preflight,
+            "preflight_resumed": self.preflight_resumed,
         }
         record.update(self.extra_results())
         record.update(extra or {})
@@ -728,9 +809,12 @@ class TrainerX(SimpleTrainer):
         end = time.time()
         for self.batch_idx, batch in enumerate(batches):
             data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
+            loss_summary = self.guarded_forward_backward(batch)
             self.step_lr_schedule()
-            self.train_images_seen += self.batch_size_of(batch)
+            images = self.batch_size_of(batch)
+            self.train_images_seen += images
+            if self._probe is not None:
+                self.preflight_step(images, started=end)
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:

@@ -14,6 +14,7 @@ Here the B x C prompts go through the text tower in one call, cut after the last
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 
 import torch
@@ -22,8 +23,9 @@ import torch.nn as nn
 from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
+from engine.preflight import MemoryShortfall
 from trainers.base import ClipMethod, MethodModel, PromptLearnerModel
-from trainers.common import encode_prompt_embeddings
+from trainers.common import TEXT_ACTIVATION_FACTOR, encode_prompt_embeddings
 from trainers.prompts import ClassPrompts, initial_context
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,15 @@ class CoCoOpModel(PromptLearnerModel):
         features = encode_prompt_embeddings(self.clip_model, prompts.flatten(0, 1), eot_indices, self.text_chunk_mb)
         return features.view(batch, n_cls, -1)
 
+    def prompt_activation_mb(self) -> float:
+        """The chunk planner's activation estimate of one prompt with gradients (`text_chunk_plan`)."""
+        clip_model = self.clip_model
+        fp32 = clip_model.dtype == torch.float32  # fp32 sequences are cut after the last EOT
+        length = int(self.prompt_learner.eot_indices.max()) + 1 if fp32 else clip_model.context_length
+        text = clip_model.transformer
+        itemsize = torch.empty((), dtype=clip_model.dtype).element_size()
+        return length * text.width * itemsize * TEXT_ACTIVATION_FACTOR * text.layers / 2**20
+
 
 @TRAINER_REGISTRY.register()
 class CoCoOp(ClipMethod):
@@ -98,6 +109,19 @@ class CoCoOp(ClipMethod):
                 f"TRAINER.COCOOP.TEXT_CHUNK_MB must be a positive number of megabytes, got "
                 f"{cfg.TRAINER.COCOOP.TEXT_CHUNK_MB}"
             )
+
+    def memory_advice(self, shortfall: MemoryShortfall) -> str | None:
+        """A lower TEXT_CHUNK_MB: the B x C prompts' text activations then go in smaller chunks."""
+        budget = self.cfg.TRAINER.COCOOP.TEXT_CHUNK_MB
+        per_prompt = self.model.prompt_activation_mb()
+        in_use = min(budget, per_prompt * shortfall.batch_size * self.model.prompt_learner.n_cls)
+        # After an out-of-memory error the excess is unknown: half is a first try the next preflight checks.
+        target = in_use / 2 if shortfall.excess_mb is None else in_use - shortfall.excess_mb
+        if target < per_prompt:
+            return None  # even one prompt per chunk would not save enough
+        return (f"Or set TRAINER.COCOOP.TEXT_CHUNK_MB {math.floor(target)} (now {budget}; the text tower's activations, "
+                f"about {in_use:.0f} MB at this batch, then go in chunks within it, recomputed in the backward "
+                "pass: the same results, more time).")
 
     def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:
         opts = self.cfg.TRAINER.COCOOP
