@@ -155,7 +155,8 @@ def _flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def build(trainer_name: str, args, backbone_path: str, out_dir: str):
+def build(trainer_name: str, args, backbone_path: str, out_dir: str, fast_mode: bool = False):
+    """The trainer through the real code path, on the synthetic dataset; `fast_mode`: TRAIN.FAST_MODE."""
     import train
     from engine import build_trainer
 
@@ -171,7 +172,7 @@ def build(trainer_name: str, args, backbone_path: str, out_dir: str):
         "DATALOADER.TEST.BATCH_SIZE", str(args.batch),
         "USE_CUDA", str(args.device == "cuda"),
         trainer_cls.precision_key, args.prec,
-        "TRAIN.FAST_MODE", str(args.mode == "fast"),
+        "TRAIN.FAST_MODE", str(fast_mode),
         # Settings a method needs to train on the synthetic classes (DePT: its head on all of them).
         *getattr(trainer_cls, "benchmark_opts", ()),
     ]
@@ -204,7 +205,7 @@ def measure(trainer_name: str, args) -> dict[str, Any]:
         backbone_path = os.path.join(tmp, "backbone.pt")
         write = write_random_vit if backbone_kind(trainer_name) == "timm_vit" else write_random_clip
         write(backbone_path, args.geometry, args.image_size)
-        trainer = build(trainer_name, args, backbone_path, os.path.join(tmp, "out"))
+        trainer = build(trainer_name, args, backbone_path, os.path.join(tmp, "out"), fast_mode=args.mode == "fast")
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     labels = torch.zeros(args.batch, dtype=torch.long, device=device)
