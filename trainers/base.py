@@ -47,7 +47,8 @@ from engine.errors import ConfigValueError
 from engine.evaluation import compute_accuracy
 from engine.feature_cache import CachedImageFeatures
 from engine.optim import build_lr_scheduler, build_optimizer
-from trainers.common import PRECISIONS, autocast_context, cosine_logits, load_clip, make_grad_scaler, uses_autocast
+from trainers.common import (PRECISIONS, autocast_context, autocast_enabled, cosine_logits, load_clip,
+                             make_grad_scaler)
 from trainers.feature_cache import FrozenFeatureCacheMixin
 
 __all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "PromptLearnerModel", "StepOutput", "staged_param_groups"]
@@ -309,9 +310,9 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
 
     def uses_autocast(self) -> bool:
         """Whether `autocast()` casts (PREC amp or fast mode) or is a no-op."""
-        return uses_autocast(self.precision(self.cfg), self.fast_mode(self.cfg))
+        return autocast_enabled(self.precision(self.cfg), self.fast_mode(self.cfg))
 
-    def autocast_at_test(self) -> bool:
+    def evaluates_under_autocast(self) -> bool:
         """Evaluation under `autocast()`: where the original does under amp, and always in fast mode."""
         return self.model.autocast_at_test or self.fast_mode(self.cfg)
 
@@ -372,7 +373,7 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        context = self.autocast() if self.autocast_at_test() else contextlib.nullcontext()
+        context = self.autocast() if self.evaluates_under_autocast() else contextlib.nullcontext()
         cache = getattr(self, "_test_text_cache", None)
         with context:
             features = self.model.features(images, text=cache.get("text") if cache is not None else None)

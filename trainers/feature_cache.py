@@ -21,7 +21,7 @@ __all__ = ["FrozenFeatureCacheMixin"]
 
 class FrozenFeatureCacheMixin:
     """Mixed into `ClipMethod` (needs its `cfg`, `model`, `device`, `precision`, `autocast`, `uses_autocast`
-    and `autocast_at_test`)."""
+    and `evaluates_under_autocast`)."""
 
     def __init__(self, cfg) -> None:
         self.feature_cache_use: dict[str, str] = {}  # split -> hit / built / partial (results.json)
@@ -80,7 +80,7 @@ class FrozenFeatureCacheMixin:
         transform = getattr(data_loader.dataset, "transform", None)  # None: not our DatasetWrapper
         if not self.uses_feature_cache() or not is_deterministic(transform):
             return data_loader
-        autocast = self.autocast_at_test()
+        autocast = self.evaluates_under_autocast()
         found = self._feature_cache().split_features(
             self._feature_key(transform, autocast, data_loader.batch_size), shard_group(self.cfg.DATASET.NAME, split),
             data_loader.dataset.data_source, transform, lambda images: self._encode_frozen(images, autocast))

@@ -128,3 +128,19 @@ def test_dyt_honours_fast_mode_on_cpu(prec):
         dtypes[fast] = seen.pop()
     assert dtypes == {False: torch.float32, True: torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_fast_mode_autocasts_fp16_with_a_grad_scaler_on_cuda():
+    """The CUDA branch, checked without a GPU: fp16 autocast and a GradScaler, as PREC amp has."""
+    import warnings
+
+    from trainers.common import autocast_context, make_grad_scaler
+
+    cuda = torch.device("cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CUDA autocast and a GradScaler built without CUDA warn
+        assert autocast_context("fp32", cuda, fast=True).fast_dtype == torch.float16
+        assert isinstance(make_grad_scaler("fp32", cuda, fast=True), torch.amp.GradScaler)
+    assert autocast_context("fp32", torch.device("cpu"), fast=True).fast_dtype == torch.bfloat16
+    assert not isinstance(autocast_context("fp32", cuda), torch.autocast)  # exact fp32: no autocast
+    assert make_grad_scaler("fp32", cuda) is None and make_grad_scaler("fp32", torch.device("cpu"), fast=True) is None
