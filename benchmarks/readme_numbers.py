@@ -49,7 +49,9 @@ README = REPO_ROOT / "README.md"
 COMMAND = "python -m benchmarks.readme_numbers"
 DEMO_CONFIG = "configs/trainers/CoOp/demo.yaml"
 # The cost benchmark's settings: ViT-B/16 geometry on the CPU (the README's table is a CPU table).
-BENCHMARK_ARGV = ("--trainer", "all", "--batch", "4", "--classes", "100", "--steps", "3", "--device", "cpu")
+# Exact and fast mode (TRAIN.FAST_MODE) for every trainer.
+BENCHMARK_ARGV = ("--trainer", "all", "--batch", "4", "--classes", "100", "--steps", "3", "--device", "cpu",
+                  "--mode", "both")
 # The per-image loop's step takes about a minute here (400 prompts x 77 tokens, fp32 on 2 cores): 2 timed steps.
 COCOOP_BATCHING_ARGV = ("--batch", "4", "--classes", "100", "--steps", "2", "--device", "cpu")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -614,22 +616,47 @@ def measure_cost_benchmark(ws: Workspace) -> BenchmarkRecord:
 STEP_KINDS = {"eval_batch": "eval batch", "train_step": "train step"}
 
 
+def varying(records: list[dict], key: str, default: Any) -> list:
+    """The distinct values of `key` over the records, in order of appearance."""
+    return list(dict.fromkeys(r.get(key, default) for r in records))
+
+
 def benchmark_table(records: list[dict]) -> str:
-    """The README's cost table; ratios against FinetuneCLIP when it is among the records."""
-    base = next((r for r in records if r["trainer"] == "FinetuneCLIP"), None)
+    """The README's cost table; ratios against FinetuneCLIP of the same mode and class count. A mode or
+    classes column appears when the records hold more than one."""
+    from benchmarks.train_step import baseline
 
-    def ratio(r: dict, key: str) -> str:
-        return f"{r[key] / base[key]:.2f}" if base and base[key] else "-"
+    shown = [key for key, default in (("mode", "exact"), ("classes", None)) if len(varying(records, key, default)) > 1]
 
-    rows = [[
-        r["trainer"], STEP_KINDS.get(r["step_kind"], r["step_kind"]), f"{r['median_step_s']:.2f}",
-        ratio(r, "median_step_s"), f"{r['peak_memory_mb']:.0f}", f"{r['step_memory_mb']:.0f}",
-        ratio(r, "step_memory_mb"), f"{r['trainable_params']:,}", f"{r['flops_per_step'] / 1e9:.1f}",
-        ratio(r, "flops_per_step"),
-    ] for r in records]
+    def row(r: dict) -> list[str]:
+        base = baseline(r, records)
+
+        def ratio(key: str) -> str:
+            return f"{r[key] / base[key]:.2f}" if base and base[key] else "-"
+        return [
+            r["trainer"], *[str(r.get(key, "exact")) for key in shown],
+            STEP_KINDS.get(r["step_kind"], r["step_kind"]), f"{r['median_step_s']:.2f}",
+            ratio("median_step_s"), f"{r['peak_memory_mb']:.0f}", f"{r['step_memory_mb']:.0f}",
+            ratio("step_memory_mb"), f"{r['trainable_params']:,}", f"{r['flops_per_step'] / 1e9:.1f}",
+            ratio("flops_per_step"), f"{r['flops_per_step'] / r['median_step_s'] / 1e9:.0f}",
+            pct(100 * r["gemm_fraction"]) if "gemm_fraction" in r else "-",
+        ]
+
     memory = "peak RSS MB" if records and records[0]["peak_memory_kind"].startswith("cpu") else "peak MB"
-    header = ["trainer", "step", "median s", "× FT", memory, "step MB", "× FT", "trainable params", "GFLOPs/step", "× FT"]
-    return markdown_table(header, rows)
+    header = ["trainer", *shown, "step", "median s", "× FT", memory, "step MB", "× FT", "trainable params",
+              "GFLOPs/step", "× FT", "GFLOP/s", "of GEMM"]
+    return markdown_table(header, [row(r) for r in records])
+
+
+def gemm_sentence(records: list[dict]) -> str:
+    """'GEMM rate of this machine (2048² × 2048): 150 GFLOP/s in float32, 40 in bfloat16.' or ''."""
+    rates = {r["compute_dtype"]: r for r in records if "gemm_gflops_per_s" in r}
+    if not rates:
+        return ""
+    size = next(iter(rates.values()))["gemm_size"]
+    parts = [f"{r['gemm_gflops_per_s']:.0f} GFLOP/s in {dtype}" for dtype, r in rates.items()]
+    return (f"\"of GEMM\" is the step's GFLOP/s over this machine's rate for a square GEMM ({size}³, measured in "
+            f"the same run): {', '.join(parts)}.")
 
 
 def times(reference: float, value: float, less: str, more: str) -> str:
@@ -639,17 +666,37 @@ def times(reference: float, value: float, less: str, more: str) -> str:
     return f"{reference / value:.1f}× {less}" if value < reference else f"{value / reference:.1f}× {more}"
 
 
+def precision_words(records: list[dict]) -> str:
+    """'fp32', or 'exact mode fp32, fast mode bfloat16 autocast on fp32 weights' when both were measured."""
+    words = []
+    for mode in varying(records, "mode", "exact"):
+        r = next(r for r in records if r.get("mode", "exact") == mode)
+        words.append(f"{mode} mode {r['compute_dtype']} autocast on {r['precision']} weights" if mode == "fast"
+                     else f"{mode} mode {r['precision']}")
+    return ", ".join(words) if len(words) > 1 else records[0]["precision"]
+
+
+def class_words(records: list[dict]) -> str:
+    counts = [str(c) for c in varying(records, "classes", None)]
+    return (f"{', '.join(counts[:-1])} and {counts[-1]}" if len(counts) > 1 else counts[0]) + " classes"
+
+
 def render_cost_benchmark(record: BenchmarkRecord, prov: Provenance) -> str:
-    by_name = {r["trainer"]: r for r in record.records}
     first = record.records[0]
+    # The sentences compare exact-mode steps at the first class count.
+    by_name = {r["trainer"]: r for r in record.records
+               if r.get("mode", "exact") == "exact" and r["classes"] == first["classes"]}
     geometry = {"vit_b16": "ViT-B/16"}.get(first["geometry"], first["geometry"])
     settings = paragraph(
-        f"{geometry} geometry, {first['precision']}, batch "
-        f"{first['batch']}, {first['classes']} classes, {first['image_size']} px, {first['steps']} timed steps, "
+        f"{geometry} geometry, {precision_words(record.records)}, batch "
+        f"{first['batch']}, {class_words(record.records)}, {first['image_size']} px, {first['steps']} timed steps, "
         f"{first['threads']} torch threads, torch {first['torch']}."
     )
     command = f"Command: `python -m benchmarks.train_step {' '.join(record.argv)}`."
     parts = [settings + "\n" + command, benchmark_table(record.records)]
+    gemm = gemm_sentence(record.records)
+    if gemm:
+        parts.append(paragraph(gemm))
     ft, skip = by_name.get("FinetuneCLIP"), by_name.get("SkipTuning")
     if skip and "cache_s_per_batch" in skip:
         parts.append(paragraph(

@@ -1,9 +1,10 @@
 """Cost of one training step (and one eval batch) of a trainer on the real ViT-B/16 geometry.
 
     python -m benchmarks.train_step --trainer SkipTuning [--batch 4] [--classes 100] [--image-size 224]
-        [--steps 5] [--device cpu|cuda] [--json out.json]
+        [--steps 5] [--device cpu|cuda] [--mode exact|fast|both] [--gemm-size 2048] [--json out.json]
     python -m benchmarks.train_step --trainer all --json all.json   # every registered trainer, one process each
     python -m benchmarks.train_step --trainer CoOp,ExtrasLinearProbeCoOp   # some trainers, one process each
+    python -m benchmarks.train_step --trainer all --mode both --classes 10 100 1000   # each mode and class count
 
 CLIP gets random weights with ViT-B/16's geometry (nothing is downloaded) and the data are random
 tensors on a synthetic C-class dataset, so only cost is measured, never accuracy. Every trainer in
@@ -23,6 +24,13 @@ wall time (median over --steps after one warm-up step), its FLOPs
   the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs just before the
   steps; `cpu_peak_rss`). Both include the weights; `step_memory_mb` is the peak minus the memory in
   use before the first step (activations, gradients and optimizer state).
+* `--mode`: exact (the run's precision, default fp32 on CPU and fp16 on CUDA as the originals), fast
+  (TRAIN.FAST_MODE: bf16 autocast on CPU, fp16 on CUDA, fp32 weights), or both. `--classes` takes one
+  or more class counts. Each (trainer, mode, class count) is one record, measured in its own process
+  when there is more than one.
+* Efficiency: `gflops_per_s` is the step's FLOPs over its median time; `gemm_fraction` divides it by
+  this machine's rate for a square GEMM (`--gemm-size`, median of a few, measured once per run in
+  the dtype the step computes in: `compute_dtype`, fp32 or the autocast dtype).
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -57,6 +66,8 @@ GEOMETRIES = {
 }
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET_NAME = "BenchmarkSynthetic"
+MODES = ("exact", "fast")
+GEMM_REPEATS = 5  # timed GEMMs after one warm-up; the median is reported
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +155,8 @@ def _flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def build(trainer_name: str, args, backbone_path: str, out_dir: str):
+def build(trainer_name: str, args, backbone_path: str, out_dir: str, fast_mode: bool = False):
+    """The trainer through the real code path, on the synthetic dataset; `fast_mode`: TRAIN.FAST_MODE."""
     import train
     from engine import build_trainer
 
@@ -160,6 +172,7 @@ def build(trainer_name: str, args, backbone_path: str, out_dir: str):
         "DATALOADER.TEST.BATCH_SIZE", str(args.batch),
         "USE_CUDA", str(args.device == "cuda"),
         trainer_cls.precision_key, args.prec,
+        "TRAIN.FAST_MODE", str(fast_mode),
         # Settings a method needs to train on the synthetic classes (DePT: its head on all of them).
         *getattr(trainer_cls, "benchmark_opts", ()),
     ]
@@ -192,11 +205,11 @@ def measure(trainer_name: str, args) -> dict[str, Any]:
         backbone_path = os.path.join(tmp, "backbone.pt")
         write = write_random_vit if backbone_kind(trainer_name) == "timm_vit" else write_random_clip
         write(backbone_path, args.geometry, args.image_size)
-        trainer = build(trainer_name, args, backbone_path, os.path.join(tmp, "out"))
+        trainer = build(trainer_name, args, backbone_path, os.path.join(tmp, "out"), fast_mode=args.mode == "fast")
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     labels = torch.zeros(args.batch, dtype=torch.long, device=device)
-    record: dict[str, Any] = {"trainer": trainer_name}
+    record: dict[str, Any] = {"trainer": trainer_name, "mode": args.mode}
     extra: dict[str, Any] = {}
     model = trainer.model
 
@@ -258,24 +271,78 @@ def measure(trainer_name: str, args) -> dict[str, Any]:
         **extra,
         # Settings.
         "batch": args.batch, "classes": args.classes, "image_size": args.image_size, "steps": args.steps,
-        "device": args.device, "precision": args.prec, "geometry": args.geometry,
+        "device": args.device, "precision": args.prec, "compute_dtype": dtype_name(compute_dtype(trainer)),
+        "geometry": args.geometry,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     })
     return record
 
 
+def compute_dtype(trainer) -> torch.dtype:
+    """The dtype the step's matmuls run in: autocast's, else the model's weights' (fp16 CLIP) or fp32."""
+    context = trainer.autocast()
+    if isinstance(context, torch.autocast):
+        return context.fast_dtype
+    return getattr(trainer.model, "dtype", torch.float32)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass(frozen=True)
+class GemmRate:
+    """This machine's rate for a square GEMM of `size` in `dtype`: the yardstick of `gemm_fraction`."""
+
+    dtype: str
+    size: int
+    gflops_per_s: float
+
+
+def measure_gemm(device: torch.device, dtype_label: str, size: int, repeats: int = GEMM_REPEATS) -> GemmRate:
+    """Median rate of `size`^3 GEMMs (2 size^3 FLOPs each) after one warm-up."""
+    dtype = getattr(torch, dtype_label)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    torch.mm(a, b)
+    seconds = statistics.median(_timed(lambda: torch.mm(a, b), device, repeats))
+    return GemmRate(dtype_label, size, 2 * size**3 / seconds / 1e9)
+
+
+def add_efficiency(records: list[dict], device: torch.device, gemm_size: int) -> None:
+    """Each record's achieved GFLOP/s and its fraction of the GEMM rate in its compute dtype (one GEMM
+    measurement per dtype)."""
+    rates = {d: measure_gemm(device, d, gemm_size) for d in sorted({r["compute_dtype"] for r in records})}
+    for r in records:
+        rate = rates[r["compute_dtype"]]
+        achieved = r["flops_per_step"] / r["median_step_s"] / 1e9
+        r.update({"gflops_per_s": achieved, "gemm_gflops_per_s": rate.gflops_per_s, "gemm_size": rate.size,
+                  "gemm_fraction": achieved / rate.gflops_per_s})
+
+
+def baseline(record: dict, records: list[dict], name: str = "FinetuneCLIP") -> dict | None:
+    """The record of `name` measured with the same mode and class count, the denominator of ratios."""
+    return next((r for r in records if r["trainer"] == name and r.get("mode", "exact") == record.get("mode", "exact")
+                 and r["classes"] == record["classes"]), None)
+
+
 def format_table(records: list[dict]) -> str:
-    """A plain-text table; ratios are against FinetuneCLIP when it is among the records."""
-    base = next((r for r in records if r["trainer"] == "FinetuneCLIP"), None)
-    header = ["trainer", "step", "median s", "x FT", "peak MB", "step MB", "x FT", "trainable", "GFLOPs/step", "x FT"]
+    """A plain-text table; ratios are against FinetuneCLIP in the same mode and at the same class count."""
+    header = ["trainer", "mode", "classes", "step", "median s", "x FT", "peak MB", "step MB", "x FT", "trainable",
+              "GFLOPs/step", "x FT", "GFLOP/s", "of GEMM"]
     rows = []
     for r in records:
+        base = baseline(r, records)
+
         def ratio(key: str) -> str:
             return f"{r[key] / base[key]:.2f}" if base and base[key] else "-"
         rows.append([
-            r["trainer"], r["step_kind"], f"{r['median_step_s']:.4f}", ratio("median_step_s"),
-            f"{r['peak_memory_mb']:.0f}", f"{r['step_memory_mb']:.0f}", ratio("step_memory_mb"),
+            r["trainer"], r.get("mode", "exact"), str(r["classes"]), r["step_kind"], f"{r['median_step_s']:.4f}",
+            ratio("median_step_s"), f"{r['peak_memory_mb']:.0f}", f"{r['step_memory_mb']:.0f}", ratio("step_memory_mb"),
             f"{r['trainable_params']:,}", f"{r['flops_per_step'] / 1e9:.2f}", ratio("flops_per_step"),
+            f"{r['gflops_per_s']:.1f}" if "gflops_per_s" in r else "-",
+            f"{r['gemm_fraction']:.0%}" if "gemm_fraction" in r else "-",
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = [" | ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [header, *rows]]
@@ -288,20 +355,70 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trainer", required=True,
                         help="a registered trainer's name, a comma-separated list of them, or 'all'")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--classes", type=int, nargs="+", default=[100],
+                        help="one or more class counts, e.g. --classes 10 100 1000")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--prec", choices=("fp16", "fp32", "amp"), default=None,
                         help="precision (default: fp16 on cuda, as the originals; fp32 on cpu)")
     parser.add_argument("--geometry", choices=tuple(GEOMETRIES), default="vit_b16")
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="exact",
+                        help="exact: the run's precision; fast: TRAIN.FAST_MODE (bf16 autocast on cpu, fp16 on cuda, "
+                             "fp32 weights); both: each")
+    parser.add_argument("--gemm-size", type=int, default=2048,
+                        help="side of the square GEMM measuring this machine's rate (0: not measured)")
     parser.add_argument("--json", default="", help="write the record(s) here")
     return parser
 
 
+@dataclass(frozen=True)
+class Run:
+    """One measurement: a trainer in a mode at a class count, with the precision key's value."""
+
+    trainer: str
+    mode: str
+    classes: int
+    prec: str
+
+
+def run_precision(mode: str, prec: str | None, device: str) -> str:
+    """--prec, else the default: fp16 on cuda as the originals (exact mode), fp32 weights otherwise.
+    Fast mode autocasts fp32 weights, so it refuses fp16 ones."""
+    if mode == "fast":
+        if prec == "fp16":
+            raise ConfigValueError("--mode fast needs fp32 weights (it autocasts them): use --prec fp32 or amp, "
+                                   "or leave --prec out.")
+        return prec or "fp32"
+    return prec or ("fp16" if device == "cuda" else "fp32")
+
+
+def planned_runs(names: list[str], mode: str, classes: list[int], prec: str | None, device: str) -> list[Run]:
+    """Every (trainer, mode, class count), trainer by trainer."""
+    modes = MODES if mode == "both" else (mode,)
+    return [Run(name, m, c, run_precision(m, prec, device)) for name in names for m in modes for c in classes]
+
+
+def run_args(args: argparse.Namespace, run: Run) -> argparse.Namespace:
+    """`args` narrowed to one run (what `measure` and `build` read)."""
+    return argparse.Namespace(**{**vars(args), "trainer": run.trainer, "mode": run.mode, "classes": run.classes,
+                                 "prec": run.prec})
+
+
+def measure_in_subprocess(run: Run, args: argparse.Namespace) -> dict:
+    """One run in its own process, so that peak memory is not inherited from the previous one."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, "-m", "benchmarks.train_step", "--trainer", run.trainer, "--json", f.name,
+               "--batch", str(args.batch), "--classes", str(run.classes), "--image-size", str(args.image_size),
+               "--steps", str(args.steps), "--device", args.device, "--prec", run.prec, "--geometry", args.geometry,
+               "--mode", run.mode, "--gemm-size", "0"]  # the GEMM is measured once, by this process
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+        with open(f.name) as g:
+            return json.load(g)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    args.prec = args.prec or ("fp16" if args.device == "cuda" else "fp32")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigValueError("--device cuda: no CUDA device is usable here; use --device cpu.")
     names = runnable_trainer_names()
@@ -311,26 +428,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
             hint = closest_matches(name, names)
             raise ConfigValueError(f"--trainer {name!r}: expected one of {names}, a comma-separated list of them, "
                                    "or 'all'." + (f" Did you mean: {', '.join(hint)}?" if hint else ""))
-    if args.batch < 1 or args.classes < 1 or args.steps < 1:
-        raise ConfigValueError("--batch, --classes and --steps must be >= 1.")
+    if args.batch < 1 or min(args.classes) < 1 or args.steps < 1 or args.gemm_size < 0:
+        raise ConfigValueError("--batch, --classes and --steps must be >= 1, --gemm-size >= 0.")
+    runs = planned_runs(requested, args.mode, args.classes, args.prec, args.device)
     logging.basicConfig(level=logging.WARNING)
-    if len(requested) > 1 or args.trainer == "all":
-        # One process per trainer, so that peak memory is not inherited from the previous one.
-        records = []
-        for name in requested:
-            with tempfile.NamedTemporaryFile(suffix=".json") as f:
-                cmd = [sys.executable, "-m", "benchmarks.train_step", "--trainer", name, "--json", f.name,
-                       "--batch", str(args.batch), "--classes", str(args.classes), "--image-size", str(args.image_size),
-                       "--steps", str(args.steps), "--device", args.device, "--prec", args.prec, "--geometry", args.geometry]
-                subprocess.run(cmd, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
-                with open(f.name) as g:
-                    records.append(json.load(g))
+    several = len(runs) > 1 or args.trainer == "all"
+    if several:
+        records = [measure_in_subprocess(run, args) for run in runs]
     else:
-        records = [measure(args.trainer, args)]
+        records = [measure(runs[0].trainer, run_args(args, runs[0]))]
+    if args.gemm_size:
+        add_efficiency(records, torch.device(args.device), args.gemm_size)
     print(format_table(records))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(records if len(requested) > 1 or args.trainer == "all" else records[0], f, indent=2)
+            json.dump(records if several else records[0], f, indent=2)
     return records
 
 

@@ -186,6 +186,10 @@ def _build_defaults() -> CfgNode:
     # above it. 0: what the device offers (free GPU memory, or the CPU's MemAvailable).
     _C.TRAIN.MEMORY_LIMIT_MB = 0
     _C.TRAIN.COUNT_ITER = "train_x"
+    # Ours: opt-in fast mode (README "Fast mode"). Training steps and evaluation run under autocast,
+    # bf16 on CPU and fp16 on CUDA (with a GradScaler), the weights kept in fp32. Not exact: logits
+    # differ from the original's by bf16/fp16 rounding. Needs the method's precision key fp32 or amp.
+    _C.TRAIN.FAST_MODE = False
 
     _C.TEST = CN()
     _C.TEST.EVALUATOR = "Classification"

@@ -12,7 +12,8 @@ Two pieces:
   builds the optimiser and scheduler from the model's parameter groups (`OPTIM.STAGED_LR` has one
   meaning, see `staged_param_groups`), registers the learnable modules for checkpoints, and takes
   the optimisation step (fp16 / fp32 / amp, a GradScaler for fp16 autocast on CUDA, the NaN check).
-  The engine runs the loop and steps the learning rate.
+  The engine runs the loop and steps the learning rate. Fast mode (TRAIN.FAST_MODE, opt-in) runs
+  training steps and evaluation under autocast (bf16 on CPU, fp16 on CUDA) on fp32 weights.
 
 Sketch of the methods to come: CoCoOp is a prompt learner whose `encode_texts` uses
 `ClassPrompts.assemble_per_image` (`text_depends_on_image = True`); KgCoOp is CoOp plus a
@@ -46,7 +47,8 @@ from engine.errors import ConfigValueError
 from engine.evaluation import compute_accuracy
 from engine.feature_cache import CachedImageFeatures
 from engine.optim import build_lr_scheduler, build_optimizer
-from trainers.common import PRECISIONS, autocast_context, cosine_logits, load_clip, make_grad_scaler
+from trainers.common import (PRECISIONS, autocast_context, autocast_enabled, cosine_logits, load_clip,
+                             make_grad_scaler)
 from trainers.feature_cache import FrozenFeatureCacheMixin
 
 __all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "PromptLearnerModel", "StepOutput", "staged_param_groups"]
@@ -240,11 +242,20 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
             node = node[part]
         return node
 
+    @staticmethod
+    def fast_mode(cfg) -> bool:
+        """TRAIN.FAST_MODE: autocast (bf16 on CPU, fp16 on CUDA) on fp32 weights; off means exact."""
+        return bool(cfg.TRAIN.FAST_MODE)
+
     @classmethod
     def check_cfg(cls, cfg) -> None:
         prec = cls.precision(cfg)
         if prec not in PRECISIONS:
             raise ConfigValueError(f"{cls.precision_key} must be one of {PRECISIONS}, got '{prec}'")
+        if cls.fast_mode(cfg) and prec == "fp16":
+            raise ConfigValueError(
+                f"TRAIN.FAST_MODE True needs fp32 weights (it autocasts them), but {cls.precision_key} is fp16 "
+                f"(fp16 weights, as the original). Set {cls.precision_key} fp32, or TRAIN.FAST_MODE False.")
 
     @classmethod
     def backbone_preprocess(cls, cfg) -> Preprocess:
@@ -277,7 +288,7 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
             load_pretrained_weights(target, cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
         self.checkpoint_skip_patterns = self.model.checkpoint_skip_patterns()
-        self.scaler = make_grad_scaler(prec, self.device)
+        self.scaler = make_grad_scaler(prec, self.device, self.fast_mode(cfg))
         if not modules:
             return
         trainable = [name for name, _ in self.model.named_trainable_parameters()]
@@ -295,7 +306,15 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
 
     # ------------------------------------------------------------------ training
     def autocast(self):
-        return autocast_context(self.precision(self.cfg), self.device)
+        return autocast_context(self.precision(self.cfg), self.device, self.fast_mode(self.cfg))
+
+    def uses_autocast(self) -> bool:
+        """Whether `autocast()` casts (PREC amp or fast mode) or is a no-op."""
+        return autocast_enabled(self.precision(self.cfg), self.fast_mode(self.cfg))
+
+    def evaluates_under_autocast(self) -> bool:
+        """Evaluation under `autocast()`: where the original does under amp, and always in fast mode."""
+        return self.model.autocast_at_test or self.fast_mode(self.cfg)
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
@@ -333,6 +352,10 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
 
+    def save_results(self, output_dir: str | None = None, extra: dict | None = None) -> dict:
+        """results.json gains `fast_mode` (the config in the provenance card says it too)."""
+        return super().save_results(output_dir, {"fast_mode": self.fast_mode(self.cfg), **(extra or {})})
+
     # ------------------------------------------------------------------ evaluation
     @contextlib.contextmanager
     def evaluation(self) -> Iterator[None]:
@@ -350,7 +373,7 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        context = self.autocast() if self.model.autocast_at_test else contextlib.nullcontext()
+        context = self.autocast() if self.evaluates_under_autocast() else contextlib.nullcontext()
         cache = getattr(self, "_test_text_cache", None)
         with context:
             features = self.model.features(images, text=cache.get("text") if cache is not None else None)

@@ -102,17 +102,23 @@ def load_clip(cfg, precision: str) -> nn.Module:
     return model
 
 
-def autocast_context(prec: str, device: torch.device):
-    """Autocast for PREC amp: fp16 on CUDA, bf16 on CPU (CPU has no fast fp16); a no-op otherwise."""
-    if prec != "amp":
+def autocast_enabled(prec: str, fast: bool = False) -> bool:
+    """Whether forward passes run under autocast: PREC amp, or fast mode (TRAIN.FAST_MODE)."""
+    return prec == "amp" or fast
+
+
+def autocast_context(prec: str, device: torch.device, fast: bool = False):
+    """Autocast for PREC amp or fast mode: fp16 on CUDA, bf16 on CPU (CPU has no fast fp16); a no-op
+    otherwise."""
+    if not autocast_enabled(prec, fast):
         return contextlib.nullcontext()
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_grad_scaler(prec: str, device: torch.device):
-    """A GradScaler for fp16 autocast on CUDA; bf16 on CPU needs none."""
-    if prec == "amp" and device.type == "cuda":
+def make_grad_scaler(prec: str, device: torch.device, fast: bool = False):
+    """A GradScaler for fp16 autocast on CUDA (PREC amp or fast mode); bf16 on CPU needs none."""
+    if autocast_enabled(prec, fast) and device.type == "cuda":
         return torch.amp.GradScaler("cuda")
     return None
 

@@ -51,7 +51,7 @@ from engine.errors import ConfigValueError, MissingFileError
 from engine.optim import build_optimizer
 from trainers.backbones import build_timm_vit, explicit_attention, timm_preprocess_cfg
 from trainers.base import ClipMethod, Loss, StepOutput
-from trainers.common import make_grad_scaler
+from trainers.common import autocast_context, make_grad_scaler
 
 __all__ = ["Adapter", "DyT", "DyTOutput", "DyTSchedule", "DyTSettings", "DyTViT", "DynamicBlock",
            "MoEAdapter", "TokenDispatcher", "load_original_checkpoint"]
@@ -485,7 +485,10 @@ class DyT(ClipMethod):
 
     def autocast(self):
         """PREC amp as the original: fp16 autocast on CUDA; on a CPU the original's autocast and
-        GradScaler switch themselves off, so amp runs in fp32 there."""
+        GradScaler switch themselves off, so amp runs in fp32 there. Fast mode (TRAIN.FAST_MODE):
+        autocast on either device, bf16 on CPU, as every method's."""
+        if self.fast_mode(self.cfg):
+            return autocast_context("amp", self.device)
         if self.precision(self.cfg) == "amp" and self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
@@ -526,7 +529,7 @@ class DyT(ClipMethod):
         if cfg.MODEL.INIT_WEIGHTS:
             self.load_init_weights(cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
-        self.scaler = make_grad_scaler(self.precision(cfg), self.device)
+        self.scaler = make_grad_scaler(self.precision(cfg), self.device, self.fast_mode(cfg))
         n = sum(p.numel() for p in trained.parameters())
         logger.info("Trainable: %d tensors, %d values (adapters, dispatchers, head)", len(trained.state_dict()), n)
         optim_cfg = cfg.OPTIM.clone()

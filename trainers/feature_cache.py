@@ -20,7 +20,8 @@ __all__ = ["FrozenFeatureCacheMixin"]
 
 
 class FrozenFeatureCacheMixin:
-    """Mixed into `ClipMethod` (needs its `cfg`, `model`, `device`, `precision` and `autocast`)."""
+    """Mixed into `ClipMethod` (needs its `cfg`, `model`, `device`, `precision`, `autocast`, `uses_autocast`
+    and `evaluates_under_autocast`)."""
 
     def __init__(self, cfg) -> None:
         self.feature_cache_use: dict[str, str] = {}  # split -> hit / built / partial (results.json)
@@ -56,7 +57,7 @@ class FrozenFeatureCacheMixin:
         return FeatureKey(
             backbone_sha256=self._backbone_sha256(),
             encoder=type(self.model).encode_frozen_images.__qualname__, transform=repr(transform), precision=prec,
-            autocast=autocast and self.precision(self.cfg) == "amp", device=device, torch_version=torch.__version__,
+            autocast=autocast and self.uses_autocast(), device=device, torch_version=torch.__version__,
             batch_size=batch_size, views=views)
 
     def _backbone_sha256(self) -> str:
@@ -79,7 +80,7 @@ class FrozenFeatureCacheMixin:
         transform = getattr(data_loader.dataset, "transform", None)  # None: not our DatasetWrapper
         if not self.uses_feature_cache() or not is_deterministic(transform):
             return data_loader
-        autocast = self.model.autocast_at_test
+        autocast = self.evaluates_under_autocast()
         found = self._feature_cache().split_features(
             self._feature_key(transform, autocast, data_loader.batch_size), shard_group(self.cfg.DATASET.NAME, split),
             data_loader.dataset.data_source, transform, lambda images: self._encode_frozen(images, autocast))

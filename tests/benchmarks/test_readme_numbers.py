@@ -107,14 +107,39 @@ BENCH = [
 def test_benchmark_table_from_records():
     header, _, zs, ft, skip = table_rows(rn.benchmark_table(BENCH))
     assert header == ["trainer", "step", "median s", "× FT", "peak RSS MB", "step MB", "× FT", "trainable params",
-                      "GFLOPs/step", "× FT"]
-    assert ft == ["FinetuneCLIP", "train step", "4.00", "1.00", "3000", "2000", "1.00", "1,234,567", "600.0", "1.00"]
+                      "GFLOPs/step", "× FT", "GFLOP/s", "of GEMM"]
+    # GFLOP/s: 600 GFLOPs in 4 s; records without a GEMM measurement have no fraction.
+    assert ft == ["FinetuneCLIP", "train step", "4.00", "1.00", "3000", "2000", "1.00", "1,234,567", "600.0", "1.00",
+                  "150", "-"]
     # Ratios are against FinetuneCLIP: 1.6/4, 500/2000, 200/600.
     assert skip[:4] == ["SkipTuning", "train step", "1.60", f"{1.6 / 4:.2f}"]
-    assert skip[6:] == [f"{500 / 2000:.2f}", "7,654", "200.0", f"{200 / 600:.2f}"]
+    assert skip[6:10] == [f"{500 / 2000:.2f}", "7,654", "200.0", f"{200 / 600:.2f}"]
     assert zs[1] == "eval batch" and zs[7] == "0"
     # Without FinetuneCLIP there is nothing to compare with.
     assert table_rows(rn.benchmark_table(BENCH[:1]))[2][3] == "-"
+
+
+def test_benchmark_table_in_both_modes_compares_within_a_mode():
+    fast = [dict(r, mode="fast", compute_dtype="bfloat16", median_step_s=r["median_step_s"] / 2, gemm_gflops_per_s=500.0,
+                 gemm_size=2048, gemm_fraction=r["flops_per_step"] / (r["median_step_s"] / 2) / 1e9 / 500.0)
+            for r in BENCH]
+    exact = [dict(r, mode="exact", compute_dtype="float32", gemm_gflops_per_s=200.0, gemm_size=2048,
+                  gemm_fraction=r["flops_per_step"] / r["median_step_s"] / 1e9 / 200.0) for r in BENCH]
+    header, _, *rows = table_rows(rn.benchmark_table(exact + fast))
+    assert header[:3] == ["trainer", "mode", "step"] and header[-2:] == ["GFLOP/s", "of GEMM"]
+    skip_fast = rows[5]
+    assert skip_fast[:2] == ["SkipTuning", "fast"]
+    # Against FinetuneCLIP in fast mode (0.8 / 2.0), not in exact mode; 200 GFLOPs in 0.8 s of a 500 GFLOP/s GEMM.
+    assert skip_fast[4] == f"{0.8 / 2.0:.2f}" and skip_fast[-2:] == ["250", "50.0%"]
+    text = " ".join(rn.render_cost_benchmark(rn.BenchmarkRecord(exact + fast, ("--mode", "both")), PROV).split())
+    assert "exact mode fp32, fast mode bfloat16 autocast on fp32 weights" in text
+    assert "(2048³, measured in the same run): 200 GFLOP/s in float32, 500 GFLOP/s in bfloat16." in text
+    # The Skip Tuning sentences quote exact-mode steps.
+    assert f"takes {4 / 1.6:.1f}× less time" in text
+    scaled = BENCH + [dict(r, classes=1000) for r in BENCH]
+    assert table_rows(rn.benchmark_table(scaled))[0][:3] == ["trainer", "classes", "step"]
+    assert "batch 4, 100 and 1000 classes," in " ".join(rn.render_cost_benchmark(
+        rn.BenchmarkRecord(scaled, ()), PROV).split())
 
 
 def test_cost_benchmark_sentences_quote_the_records():

@@ -13,9 +13,13 @@ from benchmarks import train_step
 from engine.errors import ConfigValueError
 from tests.conftest import REPO_ROOT
 
-REQUIRED = ("trainer", "median_step_s", "peak_memory_mb", "trainable_params", "flops_per_step",
-            "batch", "classes", "image_size", "steps", "device")
-TINY = ["--geometry", "tiny", "--image-size", "32", "--classes", "8", "--batch", "2", "--steps", "1", "--device", "cpu"]
+REQUIRED = ("trainer", "mode", "median_step_s", "peak_memory_mb", "trainable_params", "flops_per_step",
+            "batch", "classes", "image_size", "steps", "device", "compute_dtype", "gflops_per_s", "gemm_fraction")
+TINY = ["--geometry", "tiny", "--image-size", "32", "--classes", "8", "--batch", "2", "--steps", "1", "--device", "cpu",
+        "--gemm-size", "128"]
+# Fast mode is measured on two trainers only (the fixture above is the slowest of the suite): a CLIP
+# prompt learner and DyT, whose autocast is its own.
+FAST_TRAINERS = ("CoOp", "DyT")
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +28,16 @@ def records(tmp_path_factory):
     for name in train_step.trainer_names():
         path = tmp_path_factory.mktemp("bench") / f"{name}.json"
         train_step.main(["--trainer", name, "--json", str(path), *TINY])
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def fast_records(tmp_path_factory):
+    out = {}
+    for name in FAST_TRAINERS:
+        path = tmp_path_factory.mktemp("bench") / f"{name}_fast.json"
+        train_step.main(["--trainer", name, "--json", str(path), "--mode", "fast", *TINY])
         out[name] = json.loads(path.read_text())
     return out
 
@@ -51,6 +65,24 @@ def test_json_contract(records):
         assert record["peak_memory_mb"] > 0 and record["peak_memory_kind"].startswith("cpu_peak_rss")
         assert record["flops_per_step"] > 0 and record["eval_flops_per_batch"] > 0
         assert 0 <= record["trainable_params"] <= record["total_params"]
+        assert record["mode"] == "exact" and record["compute_dtype"] == "float32"
+        # Achieved rate: the step's FLOPs over its median time, and its share of the fp32 GEMM's rate.
+        assert record["gflops_per_s"] == record["flops_per_step"] / record["median_step_s"] / 1e9
+        assert record["gemm_size"] == 128 and record["gemm_gflops_per_s"] > 0
+        assert record["gemm_fraction"] == record["gflops_per_s"] / record["gemm_gflops_per_s"]
+
+
+def test_fast_mode_records(records, fast_records):
+    for name, fast in fast_records.items():
+        exact = records[name]
+        assert fast["mode"] == "fast" and fast["precision"] == "fp32"  # autocast on fp32 weights
+        assert fast["compute_dtype"] == "bfloat16" and fast["trainer_cfg"] == exact["trainer_cfg"]
+        assert fast["trainable_params"] == exact["trainable_params"]
+        # The GEMM yardstick is measured in bf16 for a bf16 step, not the fp32 one.
+        assert fast["gemm_fraction"] == fast["gflops_per_s"] / fast["gemm_gflops_per_s"]
+    # Same maths in another precision: CoOp's step counts the same FLOPs (DyT's depend on the tokens its
+    # gates keep, which rounding may change).
+    assert fast_records["CoOp"]["flops_per_step"] == records["CoOp"]["flops_per_step"]
 
 
 def test_numbers_are_consistent_across_trainers(records):
@@ -86,6 +118,45 @@ def test_table_and_bad_arguments(records, capsys):
     assert table.splitlines()[0].startswith("trainer") and len(table.splitlines()) == 2 + len(records)
     with pytest.raises(ConfigValueError, match="'NoSuchTrainer'"):
         train_step.main(["--trainer", "NoSuchTrainer", *TINY])
+
+
+def test_planned_runs_cover_each_mode_and_class_count_with_its_precision():
+    runs = train_step.planned_runs(["CoOp", "DyT"], "both", [10, 100], None, "cuda")
+    assert [(r.trainer, r.mode, r.classes) for r in runs] == [
+        (t, m, c) for t in ("CoOp", "DyT") for m in ("exact", "fast") for c in (10, 100)]
+    # On CUDA exact mode keeps the originals' fp16 weights; fast mode autocasts fp32 ones.
+    assert {r.mode: r.prec for r in runs} == {"exact": "fp16", "fast": "fp32"}
+    assert {r.prec for r in train_step.planned_runs(["CoOp"], "both", [10], None, "cpu")} == {"fp32"}
+    assert {r.prec for r in train_step.planned_runs(["CoOp"], "fast", [10], "amp", "cpu")} == {"amp"}
+    with pytest.raises(ConfigValueError, match="--mode fast needs fp32 weights"):
+        train_step.planned_runs(["CoOp"], "fast", [10], "fp16", "cuda")
+
+
+def test_several_runs_are_measured_apart_and_the_gemm_once_per_dtype(monkeypatch):
+    def fake_measure(run, args):
+        dtype = "bfloat16" if run.mode == "fast" else "float32"
+        return {"trainer": run.trainer, "mode": run.mode, "classes": run.classes, "compute_dtype": dtype,
+                "median_step_s": 2.0, "flops_per_step": 8e9 * run.classes, "step_kind": "train_step",
+                "peak_memory_mb": 1.0, "step_memory_mb": 1.0, "trainable_params": 1, "precision": run.prec}
+
+    gemms = []
+
+    def fake_gemm(device, dtype, size):
+        gemms.append((dtype, size))
+        return train_step.GemmRate(dtype, size, {"float32": 100.0, "bfloat16": 400.0}[dtype])
+
+    monkeypatch.setattr(train_step, "measure_in_subprocess", fake_measure)
+    monkeypatch.setattr(train_step, "measure_gemm", fake_gemm)
+    records = train_step.main(["--trainer", "CoOp,FinetuneCLIP", "--mode", "both", "--classes", "10", "100",
+                               "--device", "cpu", "--gemm-size", "64"])
+    assert [(r["trainer"], r["mode"], r["classes"]) for r in records] == [
+        (t, m, c) for t in ("CoOp", "FinetuneCLIP") for m in ("exact", "fast") for c in (10, 100)]
+    assert sorted(gemms) == [("bfloat16", 64), ("float32", 64)]
+    at_100 = {r["mode"]: r for r in records if r["classes"] == 100 and r["trainer"] == "CoOp"}
+    assert at_100["exact"]["gflops_per_s"] == 400.0 and at_100["exact"]["gemm_fraction"] == 4.0
+    assert at_100["fast"]["gemm_fraction"] == 1.0
+    # Ratios in the table are against FinetuneCLIP of the same mode and class count.
+    assert train_step.baseline(at_100["fast"], records) is records[-1]
 
 
 @pytest.mark.parametrize("argv, message", [
