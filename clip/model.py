@@ -87,6 +87,25 @@ class MultiheadSelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(n, length, width)
         return self.out_proj(out)
 
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        """``forward(x, attn_mask)[arange(N), rows]`` ([N, W]) computing only those queries.
+
+        Keys and values still come from every token; the query of row i is token ``rows[i]`` of
+        sequence i, which sees the keys its row of ``attn_mask`` lets through. Same sums as
+        ``forward``, so equal to float rounding.
+        """
+        n, length, width = x.shape
+        head_dim = width // self.heads
+        query_in = x[torch.arange(n, device=x.device), rows]  # [N, W]
+        q = F.linear(query_in, self.in_proj_weight[:width], self.in_proj_bias[:width])
+        q = q.view(n, 1, self.heads, head_dim).transpose(1, 2)  # [N, heads, 1, head_dim]
+        kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
+        k, v = kv.view(n, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None:  # each query's own row of the [L, L] mask, for every head
+            attn_mask = attn_mask.to(dtype=q.dtype, device=q.device)[rows].view(n, 1, 1, length)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.out_proj(out.reshape(n, width))
+
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
@@ -109,6 +128,13 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        """``forward(x, attn_mask)[arange(N), rows]`` ([N, W]): the attention output, the residual and
+        the MLP for one token per sequence only (the rest of the output would be thrown away)."""
+        x_rows = x[torch.arange(x.shape[0], device=x.device), rows]
+        x_rows = x_rows + self.attn.forward_rows(self.ln_1(x), rows, attn_mask)
+        return x_rows + self.mlp(self.ln_2(x_rows))
 
 
 class Transformer(nn.Module):
@@ -154,6 +180,22 @@ class Transformer(nn.Module):
                 x = replace_prompt_tokens(x, layer_prompts[i], prompt_slot)
             x = self.resblocks[i](x, attn_mask)
         return x
+
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None, *, start: int = 0) -> Tensor:
+        """``forward(x, attn_mask, start=start)[arange(N), rows]`` ([N, W]), the last block computing
+        only the row of each sequence that is read (a pooled token: the class token, the EOT token).
+
+        Exact: the last block's other rows feed nothing. Equal to the full forward to float rounding
+        (the same sums, split differently into matrix products).
+        """
+        n_blocks = len(self.resblocks)
+        if not 0 <= start <= n_blocks:
+            raise ValueError(f"start={start} is invalid for a transformer with {n_blocks} blocks.")
+        rows = rows.to(device=x.device, dtype=torch.long)
+        if start == n_blocks:
+            return x[torch.arange(x.shape[0], device=x.device), rows]
+        x = self.forward(x, attn_mask, start=start, end=n_blocks - 1)
+        return self.resblocks[n_blocks - 1].forward_rows(x, rows, attn_mask)
 
 
 def replace_prompt_tokens(x: Tensor, prompts: Tensor, slot: str = "last") -> Tensor:
@@ -229,6 +271,12 @@ class VisionTransformer(nn.Module):
     def head(self, x: Tensor) -> Tensor:
         """Final features from hidden states: ln_post(class token) @ proj."""
         return self.ln_post(x[:, 0]) @ self.proj
+
+    def features_from_hidden(self, x: Tensor, start: int = 0) -> Tensor:
+        """``head(run_blocks(x, start=start))`` with the last block computing the class token only
+        (see ``Transformer.forward_rows``): equal to float rounding, ~(10/12)/blocks cheaper."""
+        class_token = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.ln_post(self.transformer.forward_rows(x, class_token, start=start)) @ self.proj
 
     def forward(
         self,
@@ -541,9 +589,19 @@ class CLIP(nn.Module):
         *,
         start: int,
         layer_prompts: Optional[Mapping[int, Tensor]] = None,
+        eot_rows_only: bool = False,
     ) -> Tensor:
-        """Projected text features from hidden states ([N, L, W]) entering text block ``start``."""
+        """Projected text features from hidden states ([N, L, W]) entering text block ``start``.
+
+        ``eot_rows_only``: the last block computes the EOT rows only (``Transformer.forward_rows``;
+        no deep prompts): equal to float rounding, cheaper by most of a block.
+        """
         length = hidden.shape[1]
+        if eot_rows_only:
+            if layer_prompts:
+                raise ValueError("eot_rows_only does not take layer_prompts.")
+            x = self.transformer.forward_rows(hidden, eot_indices, self.causal_mask(length), start=start)
+            return self.ln_final(x).to(self.dtype) @ self.text_projection
         x = self.transformer(
             hidden, self.causal_mask(length), start=start, layer_prompts=layer_prompts, prompt_slot="after_sos"
         )

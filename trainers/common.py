@@ -193,10 +193,11 @@ def text_hidden_states(
 
 
 def text_features_from_hidden(
-    clip_model: nn.Module, hidden: torch.Tensor, eot_indices: torch.Tensor, start: int
+    clip_model: nn.Module, hidden: torch.Tensor, eot_indices: torch.Tensor, start: int, eot_rows_only: bool = False
 ) -> torch.Tensor:
-    """Projected text features from hidden states [N, L, W] entering block `start` (see `text_hidden_states`)."""
-    return clip_model.text_features_from_hidden(hidden, eot_indices, start=start)
+    """Projected text features from hidden states [N, L, W] entering block `start` (see `text_hidden_states`);
+    `eot_rows_only`: the last block computes the EOT rows only (`CLIP.text_features_from_hidden`)."""
+    return clip_model.text_features_from_hidden(hidden, eot_indices, start=start, eot_rows_only=eot_rows_only)
 
 
 # --- Many prompts through the text tower, in chunks that fit a memory budget (CoCoOp: B x C prompts) ---

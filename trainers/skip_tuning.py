@@ -196,21 +196,33 @@ class SkipModel(FinetuneModel):
         keep[dropped] = False
         return hidden[:, keep.to(hidden.device)]
 
+    @property
+    def rows_only(self) -> bool:
+        """The last trainable block computes the pooled rows only (class token, EOT): equal to float
+        rounding, so in fp32 (and amp) only; pure fp16 keeps the original's full last block, as the
+        text context is kept uncut there (see `CLIP.encode_text_embeddings`)."""
+        return self.dtype == torch.float32
+
+    def image_features_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Image features from the states entering block ω (see `rows_only`)."""
+        visual = self.clip_model.visual
+        if self.rows_only:
+            return visual.features_from_hidden(hidden, start=self.start_layer)
+        return visual.head(visual.run_blocks(hidden, start=self.start_layer))
+
     def forward_cached(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits over the selected classes, labels remapped into them, selected class ids)."""
         if self.text_hidden is None:
             raise RuntimeError("SkipModel.forward_cached() needs the text cache: call cache_text() first.")
-        visual = self.clip_model.visual
         hidden = self.drop_tokens(hidden.to(self.dtype), self.drop_ratio)
-        image_features = visual.head(visual.run_blocks(hidden, start=self.start_layer))
+        image_features = self.image_features_from_hidden(hidden)
         if self.skip_classes:
             self.ensure_keep_mask()
             selected, labels = select_classes(image_features.detach(), self.class_prototypes, labels, self.keep_mask)
         else:
             selected = torch.arange(self.num_classes, device=labels.device)
-        text_features = text_features_from_hidden(
-            self.clip_model, self.text_hidden[selected], self.text_eot[selected], start=self.start_layer
-        )
+        text_features = text_features_from_hidden(self.clip_model, self.text_hidden[selected], self.text_eot[selected],
+                                                  start=self.start_layer, eot_rows_only=self.rows_only)
         return cosine_logits(image_features, text_features, self.clip_model.logit_scale), labels, selected
 
     def training_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
