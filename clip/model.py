@@ -24,7 +24,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -87,24 +87,29 @@ class MultiheadSelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(n, length, width)
         return self.out_proj(out)
 
-    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        """``forward(x, attn_mask)[arange(N), rows]`` ([N, W]) computing only those queries.
+    def attend(self, queries: Tensor, sources: Sequence[Tensor], attn_mask: Optional[Tensor] = None) -> Tensor:
+        """Attention of ``queries`` ([N, Q, W]) to the tokens of ``sources`` ([N or 1, L_i, W] each,
+        joined along the sequence in order; a batch-1 source is shared by all N sequences).
 
-        Keys and values still come from every token; the query of row i is token ``rows[i]`` of
-        sequence i, which sees the keys its row of ``attn_mask`` lets through. Same sums as
-        ``forward``, so equal to float rounding.
+        Same sums as ``forward`` when the sources joined are its input and the queries some of its
+        tokens: equal to float rounding. ``attn_mask``: additive, [Q, ΣL_i] or [N, 1, Q, ΣL_i].
         """
-        n, length, width = x.shape
+        n, n_queries, width = queries.shape
         head_dim = width // self.heads
-        query_in = x[torch.arange(n, device=x.device), rows]  # [N, W]
-        q = F.linear(query_in, self.in_proj_weight[:width], self.in_proj_bias[:width])
-        q = q.view(n, 1, self.heads, head_dim).transpose(1, 2)  # [N, heads, 1, head_dim]
-        kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
-        k, v = kv.view(n, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-        if attn_mask is not None:  # each query's own row of the [L, L] mask, for every head
-            attn_mask = attn_mask.to(dtype=q.dtype, device=q.device)[rows].view(n, 1, 1, length)
+        q = F.linear(queries, self.in_proj_weight[:width], self.in_proj_bias[:width])
+        q = q.view(n, n_queries, self.heads, head_dim).transpose(1, 2)  # [N, heads, Q, head_dim]
+        keys, values = [], []
+        for source in sources:
+            kv = F.linear(source, self.in_proj_weight[width:], self.in_proj_bias[width:])
+            k, v = kv.view(source.shape[0], source.shape[1], 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+            keys.append(k.expand(n, -1, -1, -1))
+            values.append(v.expand(n, -1, -1, -1))
+        k = keys[0] if len(keys) == 1 else torch.cat(keys, dim=2)
+        v = values[0] if len(values) == 1 else torch.cat(values, dim=2)
+        if attn_mask is not None:
+            attn_mask = attn_mask.to(dtype=q.dtype, device=q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.out_proj(out.reshape(n, width))
+        return self.out_proj(out.transpose(1, 2).reshape(n, n_queries, width))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -129,11 +134,31 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    def forward_with_prefix(self, prefix: Tensor, x: Tensor, attn_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """``forward(cat([prefix, x_i]))`` for each sequence x_i of x ([N, S, W]) sharing ``prefix``
+        ([1, P, W]) under the causal ``attn_mask`` ([P + S, P + S]), the prefix computed once:
+        (prefix, x) after the block. Exact: causal attention keeps a prefix blind to what follows it.
+        """
+        length = prefix.shape[1]
+        prefix_in, x_in = self.ln_1(prefix), self.ln_1(x)
+        x = x + self.attn.attend(x_in, [prefix_in, x_in], attn_mask[length:])
+        prefix = prefix + self.attn(prefix_in, attn_mask[:length, :length])
+        return prefix + self.mlp(self.ln_2(prefix)), x + self.mlp(self.ln_2(x))
+
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None,
+                     prefix: Optional[Tensor] = None) -> Tensor:
         """``forward(x, attn_mask)[arange(N), rows]`` ([N, W]): the attention output, the residual and
-        the MLP for one token per sequence only (the rest of the output would be thrown away)."""
-        x_rows = x[torch.arange(x.shape[0], device=x.device), rows]
-        x_rows = x_rows + self.attn.forward_rows(self.ln_1(x), rows, attn_mask)
+        the MLP for one token per sequence only (the rest of the output would be thrown away). With a
+        shared ``prefix`` ([1, P, W]) the sequences are cat([prefix, x_i]) as in `forward_with_prefix`
+        and ``rows`` index x."""
+        index = torch.arange(x.shape[0], device=x.device)
+        x_rows = x[index, rows]
+        x_in = self.ln_1(x)
+        sources = [x_in] if prefix is None else [self.ln_1(prefix), x_in]
+        if attn_mask is not None:  # each query's own row of the mask, for every head
+            offset = 0 if prefix is None else prefix.shape[1]
+            attn_mask = attn_mask[rows + offset].view(x.shape[0], 1, 1, attn_mask.shape[1])
+        x_rows = x_rows + self.attn.attend(x_in[index, rows].unsqueeze(1), sources, attn_mask).squeeze(1)
         return x_rows + self.mlp(self.ln_2(x_rows))
 
 
@@ -181,21 +206,32 @@ class Transformer(nn.Module):
             x = self.resblocks[i](x, attn_mask)
         return x
 
-    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None, *, start: int = 0) -> Tensor:
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None, *, start: int = 0,
+                     prefix: Optional[Tensor] = None) -> Tensor:
         """``forward(x, attn_mask, start=start)[arange(N), rows]`` ([N, W]), the last block computing
         only the row of each sequence that is read (a pooled token: the class token, the EOT token).
 
-        Exact: the last block's other rows feed nothing. Equal to the full forward to float rounding
-        (the same sums, split differently into matrix products).
+        ``prefix`` ([1, P, W]): the sequences are cat([prefix, x_i]), sharing their first P tokens,
+        which are computed once (`ResidualAttentionBlock.forward_with_prefix`; causal ``attn_mask``
+        [P + S, P + S] needed) and ``rows`` index x. Exact: the last block's other rows feed nothing,
+        and a causal prefix sees nothing after it. Equal to the full forward to float rounding (the
+        same sums, split differently into matrix products, and the shared prefix's gradients summed
+        over the sequences before, not after, its weight products).
         """
         n_blocks = len(self.resblocks)
         if not 0 <= start <= n_blocks:
             raise ValueError(f"start={start} is invalid for a transformer with {n_blocks} blocks.")
+        if prefix is not None and (attn_mask is None or prefix.dim() != 3 or prefix.shape[0] != 1):
+            raise ValueError("A shared prefix must be [1, P, W] and needs the causal attn_mask.")
         rows = rows.to(device=x.device, dtype=torch.long)
         if start == n_blocks:
             return x[torch.arange(x.shape[0], device=x.device), rows]
-        x = self.forward(x, attn_mask, start=start, end=n_blocks - 1)
-        return self.resblocks[n_blocks - 1].forward_rows(x, rows, attn_mask)
+        if prefix is None:
+            x = self.forward(x, attn_mask, start=start, end=n_blocks - 1)
+        else:
+            for block in self.resblocks[start:n_blocks - 1]:
+                prefix, x = block.forward_with_prefix(prefix, x, attn_mask)
+        return self.resblocks[n_blocks - 1].forward_rows(x, rows, attn_mask, prefix)
 
 
 def replace_prompt_tokens(x: Tensor, prompts: Tensor, slot: str = "last") -> Tensor:
@@ -590,18 +626,31 @@ class CLIP(nn.Module):
         start: int,
         layer_prompts: Optional[Mapping[int, Tensor]] = None,
         eot_rows_only: bool = False,
+        shared_prefix: int = 0,
     ) -> Tensor:
         """Projected text features from hidden states ([N, L, W]) entering text block ``start``.
 
         ``eot_rows_only``: the last block computes the EOT rows only (``Transformer.forward_rows``;
-        no deep prompts): equal to float rounding, cheaper by most of a block.
+        no deep prompts): equal to float rounding, cheaper by most of a block. ``shared_prefix`` P
+        (with ``eot_rows_only``): the first P tokens of every row are the same tokens (a template's
+        start; P <= every EOT index), so their states are computed once, from row 0.
         """
         length = hidden.shape[1]
         if eot_rows_only:
             if layer_prompts:
                 raise ValueError("eot_rows_only does not take layer_prompts.")
-            x = self.transformer.forward_rows(hidden, eot_indices, self.causal_mask(length), start=start)
+            eot_indices = eot_indices.to(device=hidden.device, dtype=torch.long)
+            mask = self.causal_mask(length)
+            if shared_prefix > 0:
+                if shared_prefix > int(eot_indices.min()):
+                    raise ValueError(f"shared_prefix={shared_prefix} reaches past an EOT token (at {int(eot_indices.min())}).")
+                x = self.transformer.forward_rows(hidden[:, shared_prefix:], eot_indices - shared_prefix, mask,
+                                                  start=start, prefix=hidden[:1, :shared_prefix])
+            else:
+                x = self.transformer.forward_rows(hidden, eot_indices, mask, start=start)
             return self.ln_final(x).to(self.dtype) @ self.text_projection
+        if shared_prefix:
+            raise ValueError("shared_prefix needs eot_rows_only=True.")
         x = self.transformer(
             hidden, self.causal_mask(length), start=start, layer_prompts=layer_prompts, prompt_slot="after_sos"
         )

@@ -314,12 +314,16 @@ def skip_step_logits_and_grads(model, hidden, labels, rows_only: bool, monkeypat
     return logits, targets, torch.autograd.grad(F.cross_entropy(logits, targets), trainable)
 
 
-def test_pooled_rows_only_in_the_last_block_keep_logits_and_gradients(caltech_root, tiny_clip_path, tmp_path, monkeypatch):
-    """The last trainable block computing only the class token / EOT rows is the same step (fp32)."""
+@pytest.mark.parametrize("start_layer", [0, 1])
+def test_pooled_rows_and_shared_prefix_keep_logits_and_gradients(start_layer, caltech_root, tiny_clip_path, tmp_path,
+                                                                  monkeypatch):
+    """fp32 steps with the last block on the class token / EOT rows only and the prompts' shared start
+    computed once are the same step: same logits and gradients as the plain blocks, to rounding."""
     from tests.tolerances import transformer_atol
 
     torch.manual_seed(0)
-    trainer = build_trainer_from(skip_argv(caltech_root, tiny_clip_path, tmp_path / "r", "TRAINER.SKIP.TOP_RATIO", "1.0"))
+    trainer = build_trainer_from(skip_argv(caltech_root, tiny_clip_path, tmp_path / "r", "TRAINER.SKIP.TOP_RATIO", "1.0",
+                                           "TRAINER.SKIP.START_LAYER", str(start_layer)))
     model = trainer.model
     assert model.rows_only  # fp32: on by default
     # Prompts of different lengths, so that each EOT row needs its own causal-mask row.
@@ -327,19 +331,22 @@ def test_pooled_rows_only_in_the_last_block_keep_logits_and_gradients(caltech_ro
     model.tokenized_texts = clip.tokenize([f"a photo of a {n}." for n in names])
     model.cache_text()
     assert len(set(model.text_eot.tolist())) > 3
+    assert model.text_prefix == 5  # <SOS> a photo of a
     hidden = model.image_prefix(torch.randn(4, 3, RESOLUTION, RESOLUTION))
     labels = torch.tensor([0, 2, 2, 5])
     full_logits, full_targets, full_grads = skip_step_logits_and_grads(model, hidden, labels, False, monkeypatch)
     rows_logits, rows_targets, rows_grads = skip_step_logits_and_grads(model, hidden, labels, True, monkeypatch)
     assert torch.equal(rows_targets, full_targets)
-    # Only the last block and the heads change how their sums are split into matrix products, so each
-    # tower's features differ by at most one block's summation-order bound (transformer_atol counts the
-    # block plus two layers, covering the head); logits are 100 * cosines of them.
+    # The trainable blocks and the heads split the same sums differently into matrix products, so
+    # each tower's features differ by at most their summation-order bound (transformer_atol counts
+    # the blocks plus two layers, covering the head); logits are 100 * cosines of them.
     clip_model = model.clip_model
-    visual = clip_model.visual
-    img_rel = transformer_atol(1.0, visual.width, 1 + visual.grid_size**2, blocks=1)
-    txt_rel = transformer_atol(1.0, clip_model.transformer.width, model.text_hidden.shape[1], blocks=1)
+    visual, blocks = clip_model.visual, clip_model.transformer.layers - start_layer
+    img_rel = transformer_atol(1.0, visual.width, 1 + visual.grid_size**2, blocks=blocks)
+    txt_rel = transformer_atol(1.0, clip_model.transformer.width, model.text_hidden.shape[1], blocks=blocks)
     torch.testing.assert_close(rows_logits, full_logits, atol=cosine_logit_atol(100.0, img_rel, txt_rel), rtol=0)
-    # The backward runs the same chain once more, in reverse: twice the forward's relative bound.
+    # The backward runs the same chain once more, in reverse: twice the forward's relative bound. The
+    # shared prefix's gradient is summed over the 6 prompts before its weight products, not inside
+    # them: sums of 6 x length terms, shorter than the 12 x width a block's bound already counts.
     for g_rows, g_full in zip(rows_grads, full_grads):
         torch.testing.assert_close(g_rows, g_full, atol=2 * (img_rel + txt_rel) * float(g_full.abs().max()), rtol=0)
