@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def profile_table(args) -> str:
-    """The top-`args.top` operators of `args.steps` training steps by self CPU time."""
+def profile_events(args):
+    """torch.profiler's per-operator totals (`key_averages()`) over `args.steps` training steps."""
     args.device = "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         backbone_path = os.path.join(tmp, "backbone.pt")
@@ -55,7 +55,12 @@ def profile_table(args) -> str:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
             trainer.forward_backward(batch)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top)
+    return prof.key_averages()
+
+
+def profile_table(args) -> str:
+    """The top-`args.top` operators of `args.steps` training steps by self CPU time."""
+    return profile_events(args).table(sort_by="self_cpu_time_total", row_limit=args.top)
 
 
 def main(argv: list[str] | None = None) -> None:
