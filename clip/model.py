@@ -76,40 +76,59 @@ class MultiheadSelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    def project(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of x ([N, L, W]), each [N, heads, L, head_dim]."""
         n, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         # [N, L, 3W] -> 3 x [N, heads, L, head_dim]
         q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def attend_heads(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        """Attention of queries q to keys k / values v ([N, heads, *, head_dim]), heads merged and
+        projected: [N, Q, W]. ``attn_mask``: additive, [Q, K] or [N, 1, Q, K]."""
         if attn_mask is not None:
             attn_mask = attn_mask.to(dtype=q.dtype, device=q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(n, length, width)
-        return self.out_proj(out)
+        n, _, n_queries, _ = q.shape
+        return self.out_proj(out.transpose(1, 2).reshape(n, n_queries, self.width))
 
-    def attend(self, queries: Tensor, sources: Sequence[Tensor], attn_mask: Optional[Tensor] = None) -> Tensor:
-        """Attention of ``queries`` ([N, Q, W]) to the tokens of ``sources`` ([N or 1, L_i, W] each,
-        joined along the sequence in order; a batch-1 source is shared by all N sequences).
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        return self.attend_heads(*self.project(x), attn_mask)
 
-        Same sums as ``forward`` when the sources joined are its input and the queries some of its
-        tokens: equal to float rounding. ``attn_mask``: additive, [Q, ΣL_i] or [N, 1, Q, ΣL_i].
-        """
-        n, n_queries, width = queries.shape
-        head_dim = width // self.heads
-        q = F.linear(queries, self.in_proj_weight[:width], self.in_proj_bias[:width])
-        q = q.view(n, n_queries, self.heads, head_dim).transpose(1, 2)  # [N, heads, Q, head_dim]
-        keys, values = [], []
-        for source in sources:
-            kv = F.linear(source, self.in_proj_weight[width:], self.in_proj_bias[width:])
-            k, v = kv.view(source.shape[0], source.shape[1], 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-            keys.append(k.expand(n, -1, -1, -1))
-            values.append(v.expand(n, -1, -1, -1))
-        k = keys[0] if len(keys) == 1 else torch.cat(keys, dim=2)
-        v = values[0] if len(values) == 1 else torch.cat(values, dim=2)
-        if attn_mask is not None:
-            attn_mask = attn_mask.to(dtype=q.dtype, device=q.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.out_proj(out.transpose(1, 2).reshape(n, n_queries, width))
+    def forward_with_prefix(self, prefix: Tensor, x: Tensor, attn_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """``forward`` of cat([prefix, x_i]) for every sequence x_i of x ([N, S, W]), the shared
+        ``prefix`` ([1, P, W]) projected once: (prefix's output [1, P, W], x's output [N, S, W]).
+        ``attn_mask``: the causal [P + S, P + S] mask."""
+        length, n = prefix.shape[1], x.shape[0]
+        q_prefix, k_prefix, v_prefix = self.project(prefix)
+        q, k, v = self.project(x)
+        k = torch.cat([k_prefix.expand(n, -1, -1, -1), k], dim=2)
+        v = torch.cat([v_prefix.expand(n, -1, -1, -1), v], dim=2)
+        prefix_out = self.attend_heads(q_prefix, k_prefix, v_prefix, attn_mask[:length, :length])
+        return prefix_out, self.attend_heads(q, k, v, attn_mask[length:])
+
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None,
+                     prefix: Optional[Tensor] = None) -> Tensor:
+        """``forward(x, attn_mask)[arange(N), rows]`` ([N, W]) computing only those queries; keys and
+        values still come from every token. With a shared ``prefix`` ([1, P, W]) the sequences are
+        cat([prefix, x_i]) as in `forward_with_prefix` and ``rows`` index x. ``attn_mask``: the
+        [P + S, P + S] mask whose rows ``P + rows`` the queries use, or None."""
+        n, length, width = x.shape
+        heads, head_dim = self.heads, width // self.heads
+        q = F.linear(x[torch.arange(n, device=x.device), rows], self.in_proj_weight[:width], self.in_proj_bias[:width])
+        q = q.view(n, 1, heads, head_dim).transpose(1, 2)  # [N, heads, 1, head_dim]
+        # One product for the keys and values of the prefix and of every sequence.
+        tokens = x.reshape(n * length, width) if prefix is None else torch.cat([prefix[0], x.reshape(n * length, width)])
+        kv = F.linear(tokens, self.in_proj_weight[width:], self.in_proj_bias[width:]).view(-1, 2, heads, head_dim)
+        k, v = kv[len(tokens) - n * length:].view(n, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        if prefix is not None:
+            prefix_k, prefix_v = kv[: prefix.shape[1]].permute(1, 2, 0, 3).unsqueeze(1).expand(-1, n, -1, -1, -1)
+            k, v = torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)
+        if attn_mask is not None:  # each query's own row of the mask, for every head
+            offset = 0 if prefix is None else prefix.shape[1]
+            attn_mask = attn_mask[rows + offset].view(n, 1, 1, attn_mask.shape[1])
+        return self.attend_heads(q, k, v, attn_mask).squeeze(1)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -139,10 +158,8 @@ class ResidualAttentionBlock(nn.Module):
         ([1, P, W]) under the causal ``attn_mask`` ([P + S, P + S]), the prefix computed once:
         (prefix, x) after the block. Exact: causal attention keeps a prefix blind to what follows it.
         """
-        length = prefix.shape[1]
-        prefix_in, x_in = self.ln_1(prefix), self.ln_1(x)
-        x = x + self.attn.attend(x_in, [prefix_in, x_in], attn_mask[length:])
-        prefix = prefix + self.attn(prefix_in, attn_mask[:length, :length])
+        prefix_out, x_out = self.attn.forward_with_prefix(self.ln_1(prefix), self.ln_1(x), attn_mask)
+        prefix, x = prefix + prefix_out, x + x_out
         return prefix + self.mlp(self.ln_2(prefix)), x + self.mlp(self.ln_2(x))
 
     def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None,
@@ -151,14 +168,9 @@ class ResidualAttentionBlock(nn.Module):
         the MLP for one token per sequence only (the rest of the output would be thrown away). With a
         shared ``prefix`` ([1, P, W]) the sequences are cat([prefix, x_i]) as in `forward_with_prefix`
         and ``rows`` index x."""
-        index = torch.arange(x.shape[0], device=x.device)
-        x_rows = x[index, rows]
-        x_in = self.ln_1(x)
-        sources = [x_in] if prefix is None else [self.ln_1(prefix), x_in]
-        if attn_mask is not None:  # each query's own row of the mask, for every head
-            offset = 0 if prefix is None else prefix.shape[1]
-            attn_mask = attn_mask[rows + offset].view(x.shape[0], 1, 1, attn_mask.shape[1])
-        x_rows = x_rows + self.attn.attend(x_in[index, rows].unsqueeze(1), sources, attn_mask).squeeze(1)
+        x_rows = x[torch.arange(x.shape[0], device=x.device), rows]
+        prefix_in = None if prefix is None else self.ln_1(prefix)
+        x_rows = x_rows + self.attn.forward_rows(self.ln_1(x), rows, attn_mask, prefix_in)
         return x_rows + self.mlp(self.ln_2(x_rows))
 
 
