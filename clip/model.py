@@ -16,6 +16,9 @@ Extension points for prompt-learning methods (nobody needs to fork this file):
   prompts can be appended and hidden states cached (Skip Tuning).
 * ``CLIP.encode_image(image, prompts=, layer_prompts=)`` takes shallow and deep
   vision prompts (MaPLe, PromptSRC) in one call.
+* ``Transformer.forward_rows(x, rows, start=, prefix=)`` runs blocks whose last
+  one computes only the pooled rows (class token, EOT), optionally with a
+  prefix shared by all sequences computed once (Skip Tuning's training step).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
