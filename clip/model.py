@@ -99,38 +99,39 @@ class MultiheadSelfAttention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         return self.attend_heads(*self.project(x), attn_mask)
 
-    def forward_with_prefix(self, prefix: Tensor, x: Tensor, attn_mask: Tensor) -> Tuple[Tensor, Tensor]:
-        """``forward`` of cat([prefix, x_i]) for every sequence x_i of x ([N, S, W]), the shared
-        ``prefix`` ([1, P, W]) projected once: (prefix's output [1, P, W], x's output [N, S, W]).
-        ``attn_mask``: the causal [P + S, P + S] mask."""
-        length, n = prefix.shape[1], x.shape[0]
-        q_prefix, k_prefix, v_prefix = self.project(prefix)
-        q, k, v = self.project(x)
+    def forward_with_prefix(self, tokens: Tensor, prefix_length: int, n: int, attn_mask: Tensor) -> Tensor:
+        """``forward`` of N sequences cat([prefix, x_i]) sharing a prefix of P tokens, given as the rows
+        [prefix; x_0; ...; x_{N-1}] ([P + N·S, W]): the same rows out, the prefix computed once (each
+        linear layer is one matrix product over all rows). ``attn_mask``: the causal [P + S, P + S] mask."""
+        width, heads = self.width, self.heads
+        qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias).view(-1, 3, heads, width // heads)
+        q_prefix, k_prefix, v_prefix = qkv[:prefix_length].permute(1, 2, 0, 3).unsqueeze(1)  # [1, heads, P, hd]
+        q, k, v = qkv[prefix_length:].view(n, -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
         k = torch.cat([k_prefix.expand(n, -1, -1, -1), k], dim=2)
         v = torch.cat([v_prefix.expand(n, -1, -1, -1), v], dim=2)
-        prefix_out = self.attend_heads(q_prefix, k_prefix, v_prefix, attn_mask[:length, :length])
-        return prefix_out, self.attend_heads(q, k, v, attn_mask[length:])
+        mask = attn_mask.to(dtype=q.dtype, device=q.device)
+        out_prefix = F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, attn_mask=mask[:prefix_length, :prefix_length])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[prefix_length:])
+        out = torch.cat([out_prefix[0].transpose(0, 1).reshape(prefix_length, width), out.transpose(1, 2).reshape(-1, width)])
+        return self.out_proj(out)
 
-    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None,
-                     prefix: Optional[Tensor] = None) -> Tensor:
-        """``forward(x, attn_mask)[arange(N), rows]`` ([N, W]) computing only those queries; keys and
-        values still come from every token. With a shared ``prefix`` ([1, P, W]) the sequences are
-        cat([prefix, x_i]) as in `forward_with_prefix` and ``rows`` index x. ``attn_mask``: the
-        [P + S, P + S] mask whose rows ``P + rows`` the queries use, or None."""
-        n, length, width = x.shape
-        heads, head_dim = self.heads, width // self.heads
-        q = F.linear(x[torch.arange(n, device=x.device), rows], self.in_proj_weight[:width], self.in_proj_bias[:width])
+    def forward_rows(self, tokens: Tensor, prefix_length: int, n: int, rows: Tensor,
+                     attn_mask: Optional[Tensor] = None) -> Tensor:
+        """Attention output ([N, W]) at one query row per sequence, the sequences given as in
+        `forward_with_prefix` (``prefix_length`` 0: no prefix, rows [x_0; ...]); ``rows`` index x_i.
+        Keys and values still come from every token; query i uses row ``P + rows[i]`` of ``attn_mask``."""
+        width, heads, head_dim = self.width, self.heads, self.width // self.heads
+        length = (tokens.shape[0] - prefix_length) // n
+        query_rows = prefix_length + torch.arange(n, device=tokens.device) * length + rows
+        q = F.linear(tokens[query_rows], self.in_proj_weight[:width], self.in_proj_bias[:width])
         q = q.view(n, 1, heads, head_dim).transpose(1, 2)  # [N, heads, 1, head_dim]
-        # One product for the keys and values of the prefix and of every sequence.
-        tokens = x.reshape(n * length, width) if prefix is None else torch.cat([prefix[0], x.reshape(n * length, width)])
         kv = F.linear(tokens, self.in_proj_weight[width:], self.in_proj_bias[width:]).view(-1, 2, heads, head_dim)
-        k, v = kv[len(tokens) - n * length:].view(n, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-        if prefix is not None:
-            prefix_k, prefix_v = kv[: prefix.shape[1]].permute(1, 2, 0, 3).unsqueeze(1).expand(-1, n, -1, -1, -1)
-            k, v = torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)
+        k, v = kv[prefix_length:].view(n, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        if prefix_length:
+            k_prefix, v_prefix = kv[:prefix_length].permute(1, 2, 0, 3).unsqueeze(1).expand(-1, n, -1, -1, -1)
+            k, v = torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2)
         if attn_mask is not None:  # each query's own row of the mask, for every head
-            offset = 0 if prefix is None else prefix.shape[1]
-            attn_mask = attn_mask[rows + offset].view(n, 1, 1, attn_mask.shape[1])
+            attn_mask = attn_mask[rows + prefix_length].view(n, 1, 1, attn_mask.shape[1])
         return self.attend_heads(q, k, v, attn_mask).squeeze(1)
 
 
@@ -156,24 +157,20 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_with_prefix(self, prefix: Tensor, x: Tensor, attn_mask: Tensor) -> Tuple[Tensor, Tensor]:
-        """``forward(cat([prefix, x_i]))`` for each sequence x_i of x ([N, S, W]) sharing ``prefix``
-        ([1, P, W]) under the causal ``attn_mask`` ([P + S, P + S]), the prefix computed once:
-        (prefix, x) after the block. Exact: causal attention keeps a prefix blind to what follows it.
-        """
-        prefix_out, x_out = self.attn.forward_with_prefix(self.ln_1(prefix), self.ln_1(x), attn_mask)
-        prefix, x = prefix + prefix_out, x + x_out
-        return prefix + self.mlp(self.ln_2(prefix)), x + self.mlp(self.ln_2(x))
+    def forward_with_prefix(self, tokens: Tensor, prefix_length: int, n: int, attn_mask: Tensor) -> Tensor:
+        """``forward`` of N sequences sharing a prefix, as rows [prefix; x_0; ...; x_{N-1}] (see
+        `MultiheadSelfAttention.forward_with_prefix`). Exact: a causal prefix sees nothing after it."""
+        tokens = tokens + self.attn.forward_with_prefix(self.ln_1(tokens), prefix_length, n, attn_mask)
+        return tokens + self.mlp(self.ln_2(tokens))
 
-    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None,
-                     prefix: Optional[Tensor] = None) -> Tensor:
-        """``forward(x, attn_mask)[arange(N), rows]`` ([N, W]): the attention output, the residual and
-        the MLP for one token per sequence only (the rest of the output would be thrown away). With a
-        shared ``prefix`` ([1, P, W]) the sequences are cat([prefix, x_i]) as in `forward_with_prefix`
-        and ``rows`` index x."""
-        x_rows = x[torch.arange(x.shape[0], device=x.device), rows]
-        prefix_in = None if prefix is None else self.ln_1(prefix)
-        x_rows = x_rows + self.attn.forward_rows(self.ln_1(x), rows, attn_mask, prefix_in)
+    def forward_rows(self, tokens: Tensor, prefix_length: int, n: int, rows: Tensor,
+                     attn_mask: Optional[Tensor] = None) -> Tensor:
+        """The block's output ([N, W]) at row ``rows[i]`` of each sequence x_i (rows laid out as in
+        `forward_with_prefix`): attention output, residual and MLP for those rows only (the rest of
+        the output would be thrown away)."""
+        length = (tokens.shape[0] - prefix_length) // n
+        x_rows = tokens[prefix_length + torch.arange(n, device=tokens.device) * length + rows]
+        x_rows = x_rows + self.attn.forward_rows(self.ln_1(tokens), prefix_length, n, rows, attn_mask)
         return x_rows + self.mlp(self.ln_2(x_rows))
 
 
@@ -241,12 +238,16 @@ class Transformer(nn.Module):
         rows = rows.to(device=x.device, dtype=torch.long)
         if start == n_blocks:
             return x[torch.arange(x.shape[0], device=x.device), rows]
+        n, width = x.shape[0], x.shape[2]
         if prefix is None:
-            x = self.forward(x, attn_mask, start=start, end=n_blocks - 1)
-        else:
+            prefix_length = 0
+            tokens = self.forward(x, attn_mask, start=start, end=n_blocks - 1).reshape(-1, width)
+        else:  # rows [prefix; x_0; ...; x_{N-1}]: every linear layer is one matrix product
+            prefix_length = prefix.shape[1]
+            tokens = torch.cat([prefix[0], x.reshape(-1, width)])
             for block in self.resblocks[start:n_blocks - 1]:
-                prefix, x = block.forward_with_prefix(prefix, x, attn_mask)
-        return self.resblocks[n_blocks - 1].forward_rows(x, rows, attn_mask, prefix)
+                tokens = block.forward_with_prefix(tokens, prefix_length, n, attn_mask)
+        return self.resblocks[n_blocks - 1].forward_rows(tokens, prefix_length, n, rows, attn_mask)
 
 
 def replace_prompt_tokens(x: Tensor, prompts: Tensor, slot: str = "last") -> Tensor:
