@@ -16,6 +16,9 @@ Extension points for prompt-learning methods (nobody needs to fork this file):
   prompts can be appended and hidden states cached (Skip Tuning).
 * ``CLIP.encode_image(image, prompts=, layer_prompts=)`` takes shallow and deep
   vision prompts (MaPLe, PromptSRC) in one call.
+* ``Transformer.forward_rows(x, rows, start=, prefix=)`` runs blocks whose last
+  one computes only the pooled rows (class token, EOT), optionally with a
+  prefix shared by all sequences computed once (Skip Tuning's training step).
 """
 
 from __future__ import annotations
@@ -76,16 +79,60 @@ class MultiheadSelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    def project(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of x ([N, L, W]), each [N, heads, L, head_dim]."""
         n, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         # [N, L, 3W] -> 3 x [N, heads, L, head_dim]
         q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def attend_heads(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        """Attention of queries q to keys k / values v ([N, heads, *, head_dim]), heads merged and
+        projected: [N, Q, W]. ``attn_mask``: additive, [Q, K] or [N, 1, Q, K]."""
         if attn_mask is not None:
             attn_mask = attn_mask.to(dtype=q.dtype, device=q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(n, length, width)
+        n, _, n_queries, _ = q.shape
+        return self.out_proj(out.transpose(1, 2).reshape(n, n_queries, self.width))
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        return self.attend_heads(*self.project(x), attn_mask)
+
+    def forward_with_prefix(self, tokens: Tensor, prefix_length: int, n: int, attn_mask: Tensor) -> Tensor:
+        """``forward`` of N sequences cat([prefix, x_i]) sharing a prefix of P tokens, given as the rows
+        [prefix; x_0; ...; x_{N-1}] ([P + N·S, W]): the same rows out, the prefix computed once (each
+        linear layer is one matrix product over all rows). ``attn_mask``: the causal [P + S, P + S] mask."""
+        width, heads = self.width, self.heads
+        qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias).view(-1, 3, heads, width // heads)
+        q_prefix, k_prefix, v_prefix = qkv[:prefix_length].permute(1, 2, 0, 3).unsqueeze(1)  # [1, heads, P, hd]
+        q, k, v = qkv[prefix_length:].view(n, -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        k = torch.cat([k_prefix.expand(n, -1, -1, -1), k], dim=2)
+        v = torch.cat([v_prefix.expand(n, -1, -1, -1), v], dim=2)
+        mask = attn_mask.to(dtype=q.dtype, device=q.device)
+        out_prefix = F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, attn_mask=mask[:prefix_length, :prefix_length])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[prefix_length:])
+        out = torch.cat([out_prefix[0].transpose(0, 1).reshape(prefix_length, width), out.transpose(1, 2).reshape(-1, width)])
         return self.out_proj(out)
+
+    def forward_rows(self, tokens: Tensor, prefix_length: int, n: int, rows: Tensor,
+                     attn_mask: Optional[Tensor] = None) -> Tensor:
+        """Attention output ([N, W]) at one query row per sequence, the sequences given as in
+        `forward_with_prefix` (``prefix_length`` 0: no prefix, rows [x_0; ...]); ``rows`` index x_i.
+        Keys and values still come from every token; query i uses row ``P + rows[i]`` of ``attn_mask``."""
+        width, heads, head_dim = self.width, self.heads, self.width // self.heads
+        length = (tokens.shape[0] - prefix_length) // n
+        query_rows = prefix_length + torch.arange(n, device=tokens.device) * length + rows
+        q = F.linear(tokens[query_rows], self.in_proj_weight[:width], self.in_proj_bias[:width])
+        q = q.view(n, 1, heads, head_dim).transpose(1, 2)  # [N, heads, 1, head_dim]
+        kv = F.linear(tokens, self.in_proj_weight[width:], self.in_proj_bias[width:]).view(-1, 2, heads, head_dim)
+        k, v = kv[prefix_length:].view(n, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        if prefix_length:
+            k_prefix, v_prefix = kv[:prefix_length].permute(1, 2, 0, 3).unsqueeze(1).expand(-1, n, -1, -1, -1)
+            k, v = torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2)
+        if attn_mask is not None:  # each query's own row of the mask, for every head
+            attn_mask = attn_mask[rows + prefix_length].view(n, 1, 1, attn_mask.shape[1])
+        return self.attend_heads(q, k, v, attn_mask).squeeze(1)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -109,6 +156,22 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_with_prefix(self, tokens: Tensor, prefix_length: int, n: int, attn_mask: Tensor) -> Tensor:
+        """``forward`` of N sequences sharing a prefix, as rows [prefix; x_0; ...; x_{N-1}] (see
+        `MultiheadSelfAttention.forward_with_prefix`). Exact: a causal prefix sees nothing after it."""
+        tokens = tokens + self.attn.forward_with_prefix(self.ln_1(tokens), prefix_length, n, attn_mask)
+        return tokens + self.mlp(self.ln_2(tokens))
+
+    def forward_rows(self, tokens: Tensor, prefix_length: int, n: int, rows: Tensor,
+                     attn_mask: Optional[Tensor] = None) -> Tensor:
+        """The block's output ([N, W]) at row ``rows[i]`` of each sequence x_i (rows laid out as in
+        `forward_with_prefix`): attention output, residual and MLP for those rows only (the rest of
+        the output would be thrown away)."""
+        length = (tokens.shape[0] - prefix_length) // n
+        x_rows = tokens[prefix_length + torch.arange(n, device=tokens.device) * length + rows]
+        x_rows = x_rows + self.attn.forward_rows(self.ln_1(tokens), prefix_length, n, rows, attn_mask)
+        return x_rows + self.mlp(self.ln_2(x_rows))
 
 
 class Transformer(nn.Module):
@@ -154,6 +217,37 @@ class Transformer(nn.Module):
                 x = replace_prompt_tokens(x, layer_prompts[i], prompt_slot)
             x = self.resblocks[i](x, attn_mask)
         return x
+
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None, *, start: int = 0,
+                     prefix: Optional[Tensor] = None) -> Tensor:
+        """``forward(x, attn_mask, start=start)[arange(N), rows]`` ([N, W]), the last block computing
+        only the row of each sequence that is read (a pooled token: the class token, the EOT token).
+
+        ``prefix`` ([1, P, W]): the sequences are cat([prefix, x_i]), sharing their first P tokens,
+        which are computed once (`ResidualAttentionBlock.forward_with_prefix`; causal ``attn_mask``
+        [P + S, P + S] needed) and ``rows`` index x. Exact: the last block's other rows feed nothing,
+        and a causal prefix sees nothing after it. Equal to the full forward to float rounding (the
+        same sums, split differently into matrix products, and the shared prefix's gradients summed
+        over the sequences before, not after, its weight products).
+        """
+        n_blocks = len(self.resblocks)
+        if not 0 <= start <= n_blocks:
+            raise ValueError(f"start={start} is invalid for a transformer with {n_blocks} blocks.")
+        if prefix is not None and (attn_mask is None or prefix.dim() != 3 or prefix.shape[0] != 1):
+            raise ValueError("A shared prefix must be [1, P, W] and needs the causal attn_mask.")
+        rows = rows.to(device=x.device, dtype=torch.long)
+        if start == n_blocks:
+            return x[torch.arange(x.shape[0], device=x.device), rows]
+        n, width = x.shape[0], x.shape[2]
+        if prefix is None:
+            prefix_length = 0
+            tokens = self.forward(x, attn_mask, start=start, end=n_blocks - 1).reshape(-1, width)
+        else:  # rows [prefix; x_0; ...; x_{N-1}]: every linear layer is one matrix product
+            prefix_length = prefix.shape[1]
+            tokens = torch.cat([prefix[0], x.reshape(-1, width)])
+            for block in self.resblocks[start:n_blocks - 1]:
+                tokens = block.forward_with_prefix(tokens, prefix_length, n, attn_mask)
+        return self.resblocks[n_blocks - 1].forward_rows(tokens, prefix_length, n, rows, attn_mask)
 
 
 def replace_prompt_tokens(x: Tensor, prompts: Tensor, slot: str = "last") -> Tensor:
@@ -229,6 +323,12 @@ class VisionTransformer(nn.Module):
     def head(self, x: Tensor) -> Tensor:
         """Final features from hidden states: ln_post(class token) @ proj."""
         return self.ln_post(x[:, 0]) @ self.proj
+
+    def features_from_hidden(self, x: Tensor, start: int = 0) -> Tensor:
+        """``head(run_blocks(x, start=start))`` with the last block computing the class token only
+        (see ``Transformer.forward_rows``): equal to float rounding, ~(10/12)/blocks cheaper."""
+        class_token = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.ln_post(self.transformer.forward_rows(x, class_token, start=start)) @ self.proj
 
     def forward(
         self,
@@ -541,9 +641,32 @@ class CLIP(nn.Module):
         *,
         start: int,
         layer_prompts: Optional[Mapping[int, Tensor]] = None,
+        eot_rows_only: bool = False,
+        shared_prefix: int = 0,
     ) -> Tensor:
-        """Projected text features from hidden states ([N, L, W]) entering text block ``start``."""
+        """Projected text features from hidden states ([N, L, W]) entering text block ``start``.
+
+        ``eot_rows_only``: the last block computes the EOT rows only (``Transformer.forward_rows``;
+        no deep prompts): equal to float rounding, cheaper by most of a block. ``shared_prefix`` P
+        (with ``eot_rows_only``): the first P tokens of every row are the same tokens (a template's
+        start; P <= every EOT index), so their states are computed once, from row 0.
+        """
         length = hidden.shape[1]
+        if eot_rows_only:
+            if layer_prompts:
+                raise ValueError("eot_rows_only does not take layer_prompts.")
+            eot_indices = eot_indices.to(device=hidden.device, dtype=torch.long)
+            mask = self.causal_mask(length)
+            if shared_prefix > 0:
+                if shared_prefix > int(eot_indices.min()):
+                    raise ValueError(f"shared_prefix={shared_prefix} reaches past an EOT token (at {int(eot_indices.min())}).")
+                x = self.transformer.forward_rows(hidden[:, shared_prefix:], eot_indices - shared_prefix, mask,
+                                                  start=start, prefix=hidden[:1, :shared_prefix])
+            else:
+                x = self.transformer.forward_rows(hidden, eot_indices, mask, start=start)
+            return self.ln_final(x).to(self.dtype) @ self.text_projection
+        if shared_prefix:
+            raise ValueError("shared_prefix needs eot_rows_only=True.")
         x = self.transformer(
             hidden, self.causal_mask(length), start=start, layer_prompts=layer_prompts, prompt_slot="after_sos"
         )

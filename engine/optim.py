@@ -35,6 +35,15 @@ AVAILABLE_OPTIMIZERS = ["adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw"]
 AVAILABLE_LR_SCHEDULERS = ["single_step", "multi_step", "cosine"]
 
 
+def all_fp32_cpu(param_groups: list) -> bool:
+    """Whether every parameter is an fp32 CPU tensor: there torch's fused SGD kernel (one pass over
+    parameter, gradient and momentum instead of four) does the same roundings as the per-tensor loop
+    that is CPU's default. fp16 parameters are left to the loop: the fused kernel computes their update
+    in fp32 and rounds once, which is not the original's pure-fp16 arithmetic."""
+    params = [p for group in param_groups for p in (group["params"] if isinstance(group, dict) else [group])]
+    return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+
+
 def build_optimizer(
     model_or_params: nn.Module | Iterable[Any],
     optim_cfg: Any,
@@ -106,6 +115,7 @@ def build_optimizer(
             weight_decay=weight_decay,
             dampening=optim_cfg.SGD_DAMPNING,
             nesterov=optim_cfg.SGD_NESTEROV,
+            fused=True if all_fp32_cpu(param_groups) else None,
         )
     if name == "rmsprop":
         return torch.optim.RMSprop(

@@ -199,10 +199,22 @@ def text_hidden_states(
 
 
 def text_features_from_hidden(
-    clip_model: nn.Module, hidden: torch.Tensor, eot_indices: torch.Tensor, start: int
+    clip_model: nn.Module, hidden: torch.Tensor, eot_indices: torch.Tensor, start: int, eot_rows_only: bool = False,
+    shared_prefix: int = 0,
 ) -> torch.Tensor:
-    """Projected text features from hidden states [N, L, W] entering block `start` (see `text_hidden_states`)."""
-    return clip_model.text_features_from_hidden(hidden, eot_indices, start=start)
+    """Projected text features from hidden states [N, L, W] entering block `start` (see `text_hidden_states`);
+    `eot_rows_only`: the last block computes the EOT rows only; `shared_prefix`: the first tokens all
+    rows share are computed once (`CLIP.text_features_from_hidden`)."""
+    return clip_model.text_features_from_hidden(hidden, eot_indices, start=start, eot_rows_only=eot_rows_only,
+                                                shared_prefix=shared_prefix)
+
+
+def shared_prefix_length(tokens: torch.Tensor) -> int:
+    """How many leading tokens every row of token ids [N, L] has in common (a template's start),
+    stopping before the first EOT (the largest id)."""
+    same = (tokens == tokens[:1]).all(dim=0)
+    length = int(same.long().cumprod(dim=0).sum())
+    return min(length, int(tokens.argmax(dim=-1).min()))
 
 
 # --- Many prompts through the text tower, in chunks that fit a memory budget (CoCoOp: B x C prompts) ---

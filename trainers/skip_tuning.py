@@ -34,7 +34,7 @@ from engine.config import CfgNode as CN
 from engine.data import build_data_loader, build_transform
 from engine.errors import ConfigValueError
 from trainers.base import Loss, MethodModel, StepOutput
-from trainers.common import cosine_logits, text_features_from_hidden, text_hidden_states
+from trainers.common import cosine_logits, shared_prefix_length, text_features_from_hidden, text_hidden_states
 from trainers.finetune import FinetuneCLIP, FinetuneModel, ft_template_for
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class SkipModel(FinetuneModel):
         self.keep_mask: torch.Tensor | None = None  # drawn once per run, see draw_keep_mask
         self.text_hidden: torch.Tensor | None = None  # (C, L, W) text states entering block ω
         self.text_eot: torch.Tensor | None = None
+        self.text_prefix = 0  # leading tokens every prompt shares, computed once per step
         self.class_prototypes: torch.Tensor | None = None  # (C, D) normalised zero-shot text features
 
     def prepare_training(self) -> None:
@@ -175,6 +176,7 @@ class SkipModel(FinetuneModel):
         """Text states entering block ω for all classes; the prototypes from the first call (never refreshed)."""
         hidden, eot = text_hidden_states(self.clip_model, self.tokenized_texts, end=self.start_layer)
         self.text_hidden, self.text_eot = hidden, eot
+        self.text_prefix = shared_prefix_length(self.tokenized_texts)
         if self.class_prototypes is None:
             features = text_features_from_hidden(self.clip_model, hidden, eot, start=self.start_layer)
             self.class_prototypes = features / features.norm(dim=-1, keepdim=True)
@@ -196,21 +198,35 @@ class SkipModel(FinetuneModel):
         keep[dropped] = False
         return hidden[:, keep.to(hidden.device)]
 
+    @property
+    def rows_only(self) -> bool:
+        """The last trainable block computes the pooled rows only (class token, EOT) and the prompts'
+        shared leading tokens are computed once: equal to float rounding, so in fp32 (and amp) only;
+        pure fp16 keeps the original's arithmetic, as the text context is kept uncut there (see
+        `CLIP.encode_text_embeddings`)."""
+        return self.dtype == torch.float32
+
+    def image_features_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Image features from the states entering block ω (see `rows_only`)."""
+        visual = self.clip_model.visual
+        if self.rows_only:
+            return visual.features_from_hidden(hidden, start=self.start_layer)
+        return visual.head(visual.run_blocks(hidden, start=self.start_layer))
+
     def forward_cached(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits over the selected classes, labels remapped into them, selected class ids)."""
         if self.text_hidden is None:
             raise RuntimeError("SkipModel.forward_cached() needs the text cache: call cache_text() first.")
-        visual = self.clip_model.visual
         hidden = self.drop_tokens(hidden.to(self.dtype), self.drop_ratio)
-        image_features = visual.head(visual.run_blocks(hidden, start=self.start_layer))
+        image_features = self.image_features_from_hidden(hidden)
         if self.skip_classes:
             self.ensure_keep_mask()
             selected, labels = select_classes(image_features.detach(), self.class_prototypes, labels, self.keep_mask)
         else:
             selected = torch.arange(self.num_classes, device=labels.device)
-        text_features = text_features_from_hidden(
-            self.clip_model, self.text_hidden[selected], self.text_eot[selected], start=self.start_layer
-        )
+        text_features = text_features_from_hidden(self.clip_model, self.text_hidden[selected], self.text_eot[selected],
+                                                  start=self.start_layer, eot_rows_only=self.rows_only,
+                                                  shared_prefix=self.text_prefix if self.rows_only else 0)
         return cosine_logits(image_features, text_features, self.clip_model.logit_scale), labels, selected
 
     def training_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:

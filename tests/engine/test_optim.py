@@ -74,6 +74,41 @@ def test_sgd_options_and_dampening_key():
     assert opt.param_groups[0]["alpha"] == 0.5 and opt.param_groups[0]["momentum"] == 0.9
 
 
+@pytest.mark.parametrize("nesterov, dampening", [(False, 0.0), (True, 0.0), (False, 0.1)])
+def test_fp32_sgd_is_fused_and_updates_as_the_per_tensor_loop(nesterov, dampening):
+    """fp32 CPU SGD runs torch's fused kernel; its parameters follow the per-tensor loop's to rounding."""
+    steps, lr = 6, 0.05
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(37, 53), nn.Linear(53, 5))
+    reference, initial = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = _optim_cfg(NAME="sgd", LR=lr, MOMENTUM=0.9, WEIGHT_DECAY=5e-4, SGD_DAMPNING=dampening, SGD_NESTEROV=nesterov)
+    fused = build_optimizer(model, cfg)
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.SGD(reference.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, dampening=dampening,
+                           nesterov=nesterov, foreach=False)
+    for _ in range(steps):
+        grads = [torch.randn_like(p) for p in model.parameters()]
+        for net, opt in ((model, fused), (reference, loop)):
+            for p, g in zip(net.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    # One step rounds each element at most 5 times (weight decay, momentum scale and add, nesterov
+    # add, the LR-scaled update): 5u relative to the largest of parameter, gradient and momentum
+    # (all O(1) here, bounded by 10 with momentum 0.9). A kernel contracting a multiply-add rounds
+    # less, never more; the differences of successive steps add up.
+    atol = steps * 5 * 2.0**-24 * 10.0
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, atol=atol, rtol=0)
+    moved = [(p - q).detach() for p, q in zip(model.parameters(), initial.parameters())]
+    assert min(float(d.abs().max()) for d in moved) > 1000 * atol  # the steps did move every parameter
+
+
+def test_fp16_sgd_keeps_the_per_tensor_loop():
+    """fp16 weights (the originals' pure-fp16 SGD): the fused kernel would update them in fp32."""
+    opt = build_optimizer(nn.Linear(4, 2).half(), _optim_cfg(NAME="sgd"))
+    assert not opt.defaults["fused"]
+
+
 def test_unknown_optimizer_lists_valid_names():
     with pytest.raises(ValueError, match="adamw"):
         build_optimizer(nn.Linear(2, 2), _optim_cfg(NAME="lamb"))

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import clip
 from tests.conftest import config_path, run_train
 from tests.tolerances import clip_image_relative_atol, clip_text_relative_atol, cosine_logit_atol
 from trainers.skip_tuning import (
@@ -301,3 +302,51 @@ def test_fp16_and_amp_steps(prec, caltech_root, tiny_clip_path, tmp_path):
     assert block.in_proj_weight.dtype == before.dtype and not torch.equal(block.in_proj_weight, before)
     logits = trainer.model_inference(next(iter(trainer.test_loader))["img"])
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def skip_step_logits_and_grads(model, hidden, labels, rows_only: bool, monkeypatch):
+    """Logits, remapped labels and the gradient of every trainable parameter of one Skip Tuning step."""
+    from trainers.skip_tuning import SkipModel
+
+    monkeypatch.setattr(SkipModel, "rows_only", property(lambda self: rows_only))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    logits, targets, selected = model.forward_cached(hidden, labels)
+    return logits, targets, torch.autograd.grad(F.cross_entropy(logits, targets), trainable)
+
+
+@pytest.mark.parametrize("start_layer", [0, 1])
+def test_pooled_rows_and_shared_prefix_keep_logits_and_gradients(start_layer, caltech_root, tiny_clip_path, tmp_path,
+                                                                  monkeypatch):
+    """fp32 steps with the last block on the class token / EOT rows only and the prompts' shared start
+    computed once are the same step: same logits and gradients as the plain blocks, to rounding."""
+    from tests.tolerances import transformer_atol
+
+    torch.manual_seed(0)
+    trainer = build_trainer_from(skip_argv(caltech_root, tiny_clip_path, tmp_path / "r", "TRAINER.SKIP.TOP_RATIO", "1.0",
+                                           "TRAINER.SKIP.START_LAYER", str(start_layer)))
+    model = trainer.model
+    assert model.rows_only  # fp32: on by default
+    # Prompts of different lengths, so that each EOT row needs its own causal-mask row.
+    names = ["cat", "sea lion", "red-tailed hawk", "golden retriever puppy", "ox", "a very long class name here"]
+    model.tokenized_texts = clip.tokenize([f"a photo of a {n}." for n in names])
+    model.cache_text()
+    assert len(set(model.text_eot.tolist())) > 3
+    assert model.text_prefix == 5  # <SOS> a photo of a
+    hidden = model.image_prefix(torch.randn(4, 3, RESOLUTION, RESOLUTION))
+    labels = torch.tensor([0, 2, 2, 5])
+    full_logits, full_targets, full_grads = skip_step_logits_and_grads(model, hidden, labels, False, monkeypatch)
+    rows_logits, rows_targets, rows_grads = skip_step_logits_and_grads(model, hidden, labels, True, monkeypatch)
+    assert torch.equal(rows_targets, full_targets)
+    # The trainable blocks and the heads split the same sums differently into matrix products, so
+    # each tower's features differ by at most their summation-order bound (transformer_atol counts
+    # the blocks plus two layers, covering the head); logits are 100 * cosines of them.
+    clip_model = model.clip_model
+    visual, blocks = clip_model.visual, clip_model.transformer.layers - start_layer
+    img_rel = transformer_atol(1.0, visual.width, 1 + visual.grid_size**2, blocks=blocks)
+    txt_rel = transformer_atol(1.0, clip_model.transformer.width, model.text_hidden.shape[1], blocks=blocks)
+    torch.testing.assert_close(rows_logits, full_logits, atol=cosine_logit_atol(100.0, img_rel, txt_rel), rtol=0)
+    # The backward runs the same chain once more, in reverse: twice the forward's relative bound. The
+    # shared prefix's gradient is summed over the 6 prompts before its weight products, not inside
+    # them: sums of 6 x length terms, shorter than the 12 x width a block's bound already counts.
+    for g_rows, g_full in zip(rows_grads, full_grads):
+        torch.testing.assert_close(g_rows, g_full, atol=2 * (img_rel + txt_rel) * float(g_full.abs().max()), rtol=0)
