@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.train_step import GEOMETRIES, MemoryMeter, _timed, build, write_random_clip
+from benchmarks.train_step import GEOMETRIES, MemoryMeter, _timed, build, text_table_lines, write_random_clip
 from engine.errors import ConfigValueError, run_cli
 
 TRAINER = "CoCoOp"
@@ -193,9 +193,7 @@ def format_table(record: dict[str, Any]) -> str:
              f"{r['median_step_s']:.3f}", f"{r['step_s_per_image']:.3f}", f"{r['speedup_step']:.2f}",
              f"{r['step_memory_mb']:.0f}", f"{r['median_eval_s']:.3f}", f"{r['speedup_eval']:.2f}"]
             for r in record["results"]]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = [" | ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [header, *rows]]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
+    lines = text_table_lines(header, rows)
     lines.append(f"(batch {record['batch']}, {record['classes']} classes, {record['geometry']} at "
                  f"{record['image_size']} px, {record['precision']} on {record['device']}, "
                  f"logit bound {record['logit_tolerance']:.1e}, memory: {record['memory_kind']})")

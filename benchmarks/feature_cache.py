@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 import trainers  # noqa: F401  (registers the methods)
-from benchmarks.train_step import GEOMETRIES, REPO_ROOT, write_random_clip
+from benchmarks.train_step import GEOMETRIES, REPO_ROOT, text_table, write_random_clip
 from engine import TRAINER_REGISTRY
 from engine.errors import ConfigValueError, run_cli
 from engine.registry import closest_matches
@@ -150,10 +150,7 @@ def format_table(records: list[dict]) -> str:
                          f"{r['epoch_deterministic_uncached_s'] / r['epoch_deterministic_cache_hit_s']:.1f}x"])
             rows.append([r["trainer"], "epoch, recipe augmentation", f"{r['epoch_recipe_augmentation_s']:.2f}",
                          "-", "-", "-"])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = [" | ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [header, *rows]]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

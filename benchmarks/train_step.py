@@ -327,6 +327,18 @@ def baseline(record: dict, records: list[dict], name: str = "FinetuneCLIP") -> d
                  and r["classes"] == record["classes"]), None)
 
 
+def text_table_lines(header: list[str], rows: list[list]) -> list[str]:
+    """A plain-text table's lines: columns padded to their widest cell, a rule under the header."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = [" | ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [header, *rows]]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return lines
+
+
+def text_table(header: list[str], rows: list[list]) -> str:
+    return "\n".join(text_table_lines(header, rows))
+
+
 def format_table(records: list[dict]) -> str:
     """A plain-text table; ratios are against FinetuneCLIP in the same mode and at the same class count."""
     header = ["trainer", "mode", "classes", "step", "median s", "x FT", "peak MB", "step MB", "x FT", "trainable",
@@ -344,10 +356,7 @@ def format_table(records: list[dict]) -> str:
             f"{r['gflops_per_s']:.1f}" if "gflops_per_s" in r else "-",
             f"{r['gemm_fraction']:.0%}" if "gemm_fraction" in r else "-",
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = [" | ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [header, *rows]]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

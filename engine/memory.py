@@ -47,13 +47,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return (hwm if hwm > 0 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
-def _proc_status_kb(field: str) -> float:
-    """A `kB` field of /proc/self/status (0 where there is none, e.g. not Linux)."""
+def proc_kb_field(path: str, field: str) -> float | None:
+    """A `kB` field of a /proc file such as /proc/self/status or /proc/meminfo (None where there is
+    none, e.g. not Linux)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return float(line.split()[1])
     except OSError:
         pass
-    return 0.0
+    return None
+
+
+def _proc_status_kb(field: str) -> float:
+    """A `kB` field of /proc/self/status (0 where there is none)."""
+    return proc_kb_field("/proc/self/status", field) or 0.0

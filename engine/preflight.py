@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 
 from engine.errors import UserError
-from engine.memory import memory_in_use_mb, peak_memory_mb
+from engine.memory import memory_in_use_mb, peak_memory_mb, proc_kb_field
 
 __all__ = [
     "PREFLIGHT_STEPS",
@@ -113,7 +113,7 @@ def device_memory_capacity(device: torch.device) -> MemoryCapacity | None:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return MemoryCapacity((free + torch.cuda.memory_reserved(device)) / 2**20, "cuda_free_plus_reserved")
-    available_kb = _meminfo_kb("MemAvailable")
+    available_kb = proc_kb_field("/proc/meminfo", "MemAvailable")
     if available_kb is None:
         return None
     return MemoryCapacity(available_kb / 1024 + memory_in_use_mb(device), "cpu_mem_available_plus_rss")
@@ -125,17 +125,6 @@ def memory_capacity(device: torch.device, limit_mb: float) -> MemoryCapacity | N
     if limit_mb > 0 and (device_capacity is None or limit_mb < device_capacity.mb):
         return MemoryCapacity(float(limit_mb), LIMIT_KEY)
     return device_capacity
-
-
-def _meminfo_kb(field: str) -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def fit_memory_mb(device: torch.device, peak_mb: float) -> float:
