@@ -219,7 +219,8 @@ class Transformer(nn.Module):
         return x
 
     def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Optional[Tensor] = None, *, start: int = 0,
-                     prefix: Optional[Tensor] = None) -> Tensor:
+                     prefix: Optional[Tensor] = None, layer_prompts: Optional[Mapping[int, Tensor]] = None,
+                     prompt_slot: str = "last") -> Tensor:
         """``forward(x, attn_mask, start=start)[arange(N), rows]`` ([N, W]), the last block computing
         only the row of each sequence that is read (a pooled token: the class token, the EOT token).
 
@@ -228,26 +229,41 @@ class Transformer(nn.Module):
         [P + S, P + S] needed) and ``rows`` index x. Exact: the last block's other rows feed nothing,
         and a causal prefix sees nothing after it. Equal to the full forward to float rounding (the
         same sums, split differently into matrix products, and the shared prefix's gradients summed
-        over the sequences before, not after, its weight products).
+        over the sequences before, not after, its weight products). ``layer_prompts`` / ``prompt_slot``
+        as in `forward` (not with a shared prefix).
         """
         n_blocks = len(self.resblocks)
         if not 0 <= start <= n_blocks:
             raise ValueError(f"start={start} is invalid for a transformer with {n_blocks} blocks.")
         if prefix is not None and (attn_mask is None or prefix.dim() != 3 or prefix.shape[0] != 1):
             raise ValueError("A shared prefix must be [1, P, W] and needs the causal attn_mask.")
+        if prefix is not None and layer_prompts:
+            raise ValueError("A shared prefix does not take layer_prompts.")
         rows = rows.to(device=x.device, dtype=torch.long)
         if start == n_blocks:
             return x[torch.arange(x.shape[0], device=x.device), rows]
         n, width = x.shape[0], x.shape[2]
         if prefix is None:
             prefix_length = 0
-            tokens = self.forward(x, attn_mask, start=start, end=n_blocks - 1).reshape(-1, width)
+            x = self.forward(x, attn_mask, start=start, end=n_blocks - 1, layer_prompts=layer_prompts,
+                             prompt_slot=prompt_slot)
+            if layer_prompts is not None and n_blocks - 1 in layer_prompts:
+                x = replace_prompt_tokens(x, layer_prompts[n_blocks - 1], prompt_slot)
+            tokens = x.reshape(-1, width)
         else:  # rows [prefix; x_0; ...; x_{N-1}]: every linear layer is one matrix product
             prefix_length = prefix.shape[1]
             tokens = torch.cat([prefix[0], x.reshape(-1, width)])
             for block in self.resblocks[start:n_blocks - 1]:
                 tokens = block.forward_with_prefix(tokens, prefix_length, n, attn_mask)
         return self.resblocks[n_blocks - 1].forward_rows(tokens, prefix_length, n, rows, attn_mask)
+
+
+def shared_prefix_length(tokens: Tensor) -> int:
+    """How many leading tokens every row of token ids [N, L] has in common (a template's start),
+    stopping before the first EOT (the largest id)."""
+    same = (tokens == tokens[:1]).all(dim=0)
+    length = int(same.long().cumprod(dim=0).sum())
+    return min(length, int(tokens.argmax(dim=-1).min()))
 
 
 def replace_prompt_tokens(x: Tensor, prompts: Tensor, slot: str = "last") -> Tensor:
@@ -336,8 +352,19 @@ class VisionTransformer(nn.Module):
         *,
         prompts: Optional[Tensor] = None,
         layer_prompts: Optional[Mapping[int, Tensor]] = None,
+        rows_only: Optional[bool] = None,
     ) -> Tensor:
-        return self.head(self.run_blocks(self.embed(image, prompts), layer_prompts=layer_prompts))
+        """Image features. ``rows_only`` (default: fp32 weights): the last block computes the class
+        token only (``Transformer.forward_rows``), the same features to float rounding and about
+        10/12 of a block cheaper; off in fp16, where the originals' features are matched bit for bit."""
+        x = self.embed(image, prompts)
+        if rows_only is None:
+            rows_only = self.conv1.weight.dtype == torch.float32
+        if not rows_only:
+            return self.head(self.run_blocks(x, layer_prompts=layer_prompts))
+        class_token = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        pooled = self.transformer.forward_rows(x, class_token, layer_prompts=layer_prompts, prompt_slot="last")
+        return self.ln_post(pooled) @ self.proj
 
 
 class Bottleneck(nn.Module):
@@ -560,22 +587,28 @@ class CLIP(nn.Module):
         *,
         prompts: Optional[Tensor] = None,
         layer_prompts: Optional[Mapping[int, Tensor]] = None,
+        rows_only: Optional[bool] = None,
     ) -> Tensor:
         """Image features; ``prompts`` ([n, W] or [N, n, W]) are appended before ``ln_pre`` and
-        ``layer_prompts`` replace the last n tokens before the given blocks (ViT only)."""
+        ``layer_prompts`` replace the last n tokens before the given blocks (ViT only).
+        ``rows_only``: see ``VisionTransformer.forward`` (ViT only; default: fp32 weights)."""
         if prompts is None and layer_prompts is None:
+            if isinstance(self.visual, VisionTransformer):
+                return self.visual(image.to(self.dtype), rows_only=rows_only)
             return self.visual(image.to(self.dtype))
         if not isinstance(self.visual, VisionTransformer):
             raise ValueError(
                 "Vision prompts need a ViT image encoder; this CLIP has a ResNet. "
                 "Choose a ViT backbone (e.g. MODEL.BACKBONE.NAME ViT-B/16)."
             )
-        return self.visual(image.to(self.dtype), prompts=prompts, layer_prompts=layer_prompts)
+        return self.visual(image.to(self.dtype), prompts=prompts, layer_prompts=layer_prompts, rows_only=rows_only)
 
     def encode_text(self, text: Tensor) -> Tensor:
-        """Features of token ids [N, L]; the EOT token (largest id) of each row is projected."""
+        """Features of token ids [N, L]; the EOT token (largest id) of each row is projected. In fp32
+        the tokens every row starts with (a template's start) are computed once (``shared_prefix``)."""
         text = text.long()
-        return self.encode_text_embeddings(self.token_embedding(text), text.argmax(dim=-1))
+        shared = shared_prefix_length(text) if self.dtype == torch.float32 else 0
+        return self.encode_text_embeddings(self.token_embedding(text), text.argmax(dim=-1), shared_prefix=shared)
 
     def encode_text_embeddings(
         self,
@@ -584,6 +617,8 @@ class CLIP(nn.Module):
         *,
         layer_prompts: Optional[Mapping[int, Tensor]] = None,
         truncate: Optional[bool] = None,
+        shared_prefix: int = 0,
+        rows_only: Optional[bool] = None,
     ) -> Tensor:
         """Features of token embeddings x ([N, L, W], no positional embedding yet).
 
@@ -596,9 +631,22 @@ class CLIP(nn.Module):
         result equals the full-length forward to float rounding. In fp16 the attention
         kernels round differently for 8 and for 77 keys, so the full context is kept
         there: fp16 features then equal the original implementations' bit for bit.
+
+        ``rows_only`` (default: ``truncate``'s value) computes the last block at the EOT rows only, and
+        the first ``shared_prefix`` tokens once (``text_features_from_hidden``; not with deep prompts). The caller
+        vouches that those tokens are the same in every row *and* come from the same tensors (a shared
+        context, a frozen SOS), so their gradients may be summed before they flow back: ``x[0]``'s
+        prefix carries them all.
         """
+        if truncate is None:
+            truncate = self.dtype == torch.float32
         hidden = self.text_hidden_states(x, eot_indices, end=0, truncate=truncate)
-        return self.text_features_from_hidden(hidden, eot_indices, start=0, layer_prompts=layer_prompts)
+        if not (truncate if rows_only is None else rows_only):
+            return self.text_features_from_hidden(hidden, eot_indices, start=0, layer_prompts=layer_prompts)
+        if layer_prompts or x.shape[0] < 2:  # one row has nothing to share
+            shared_prefix = 0
+        return self.text_features_from_hidden(hidden, eot_indices, start=0, layer_prompts=layer_prompts,
+                                              eot_rows_only=True, shared_prefix=shared_prefix)
 
     def text_hidden_states(
         self,
@@ -646,24 +694,25 @@ class CLIP(nn.Module):
     ) -> Tensor:
         """Projected text features from hidden states ([N, L, W]) entering text block ``start``.
 
-        ``eot_rows_only``: the last block computes the EOT rows only (``Transformer.forward_rows``;
-        no deep prompts): equal to float rounding, cheaper by most of a block. ``shared_prefix`` P
+        ``eot_rows_only``: the last block computes the EOT rows only (``Transformer.forward_rows``):
+        equal to float rounding, cheaper by most of a block. ``shared_prefix`` P
         (with ``eot_rows_only``): the first P tokens of every row are the same tokens (a template's
         start; P <= every EOT index), so their states are computed once, from row 0.
         """
         length = hidden.shape[1]
         if eot_rows_only:
-            if layer_prompts:
-                raise ValueError("eot_rows_only does not take layer_prompts.")
             eot_indices = eot_indices.to(device=hidden.device, dtype=torch.long)
             mask = self.causal_mask(length)
+            if shared_prefix > 0 and layer_prompts:
+                raise ValueError("shared_prefix does not take layer_prompts.")
             if shared_prefix > 0:
                 if shared_prefix > int(eot_indices.min()):
                     raise ValueError(f"shared_prefix={shared_prefix} reaches past an EOT token (at {int(eot_indices.min())}).")
                 x = self.transformer.forward_rows(hidden[:, shared_prefix:], eot_indices - shared_prefix, mask,
                                                   start=start, prefix=hidden[:1, :shared_prefix])
             else:
-                x = self.transformer.forward_rows(hidden, eot_indices, mask, start=start)
+                x = self.transformer.forward_rows(hidden, eot_indices, mask, start=start, layer_prompts=layer_prompts,
+                                                  prompt_slot="after_sos")
             return self.ln_final(x).to(self.dtype) @ self.text_projection
         if shared_prefix:
             raise ValueError("shared_prefix needs eot_rows_only=True.")

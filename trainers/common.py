@@ -209,14 +209,6 @@ def text_features_from_hidden(
                                                 shared_prefix=shared_prefix)
 
 
-def shared_prefix_length(tokens: torch.Tensor) -> int:
-    """How many leading tokens every row of token ids [N, L] has in common (a template's start),
-    stopping before the first EOT (the largest id)."""
-    same = (tokens == tokens[:1]).all(dim=0)
-    length = int(same.long().cumprod(dim=0).sum())
-    return min(length, int(tokens.argmax(dim=-1).min()))
-
-
 # --- Many prompts through the text tower, in chunks that fit a memory budget (CoCoOp: B x C prompts) ---
 
 # Activation memory of the text tower per token and block, in units of width x bytes. With gradients,

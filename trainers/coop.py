@@ -45,7 +45,9 @@ class CoOpModel(PromptLearnerModel):
     frozen_image_features = True  # CLIP's image tower is frozen and takes no prompt
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        return self.clip_model.encode_text_embeddings(self.prompt_learner(), self.prompt_learner.eot_indices)
+        learner = self.prompt_learner
+        return self.clip_model.encode_text_embeddings(learner(), learner.eot_indices,
+                                                      shared_prefix=learner.shared_prefix_length(learner.ctx))
 
 
 @TRAINER_REGISTRY.register()

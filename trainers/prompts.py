@@ -116,6 +116,14 @@ class ClassPrompts(nn.Module):
         self.n_ctx = n_ctx
         self.class_token_position = class_token_position
 
+    def shared_prefix_length(self, ctx: torch.Tensor) -> int:
+        """How many leading tokens of the prompts `assemble(ctx)` are the same tensors in every class: SOS,
+        then a shared context [n_ctx, W] up to the class name (all of it at the end, its first half
+        in the middle). The text tower computes them once (`CLIP.encode_text_embeddings`)."""
+        if ctx.dim() != 2:  # class-specific context: only the SOS buffer is shared
+            return 1
+        return 1 + {"end": self.n_ctx, "middle": self.n_ctx // 2, "front": 0}[self.class_token_position]
+
     def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
         """Prompts [C, L, W] from a shared context [n_ctx, W] or a class-specific one [C, n_ctx, W]."""
         if ctx.dim() == 2:

@@ -34,7 +34,8 @@ from engine.config import CfgNode as CN
 from engine.data import build_data_loader, build_transform
 from engine.errors import ConfigValueError
 from trainers.base import Loss, MethodModel, StepOutput
-from trainers.common import cosine_logits, shared_prefix_length, text_features_from_hidden, text_hidden_states
+from clip.model import shared_prefix_length
+from trainers.common import cosine_logits, text_features_from_hidden, text_hidden_states
 from trainers.finetune import FinetuneCLIP, FinetuneModel, ft_template_for
 
 logger = logging.getLogger(__name__)

@@ -136,7 +136,7 @@ def test_vision_layer_prompts_replace_last_tokens(vit_model):
     inputs, outputs, handles = _record_block_io(visual.transformer)
     try:
         with torch.no_grad():
-            out = visual(images, prompts=shallow, layer_prompts=deep)
+            out = visual(images, prompts=shallow, layer_prompts=deep, rows_only=False)  # every block's own forward
     finally:
         for h in handles:
             h.remove()
@@ -166,7 +166,7 @@ def test_text_layer_prompts_replace_tokens_after_sos(vit_model):
     inputs, outputs, handles = _record_block_io(m.transformer)
     try:
         with torch.no_grad():
-            out = m.encode_text_embeddings(x, eot, layer_prompts=deep)
+            out = m.encode_text_embeddings(x, eot, layer_prompts=deep, rows_only=False)  # every block's own forward
     finally:
         for h in handles:
             h.remove()
@@ -223,7 +223,7 @@ def test_text_tower_split_at_any_block_equals_the_one_piece_forward(vit_model):
     eot = tokens.argmax(-1)
     x = vit_model.token_embedding(tokens)
     with torch.no_grad():
-        full = vit_model.encode_text_embeddings(x, eot)
+        full = vit_model.encode_text_embeddings(x, eot, rows_only=False)
         for k in range(vit_model.transformer.layers + 1):
             hidden = vit_model.text_hidden_states(x, eot, end=k)
             assert hidden.shape[1] == int(eot.max()) + 1  # fp32: truncated
@@ -247,3 +247,106 @@ def test_encode_image_prompts_on_a_resnet_name_the_fix(rn_model):
     images = images_for(rn_model, 1)
     with pytest.raises(ValueError, match="need a ViT image encoder"):
         rn_model.encode_image(images, prompts=torch.randn(2, 8))
+
+
+def _features_and_grads(model, forward):
+    """``forward()``'s output and the gradients of a fixed random projection of it, per parameter."""
+    model.zero_grad(set_to_none=True)
+    out = forward()
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * weights).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_step(plain, fast, atol_features, atol_grads):
+    torch.testing.assert_close(fast[0], plain[0], atol=atol_features, rtol=0)
+    assert fast[1].keys() == plain[1].keys()
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(fast[1][name], grad, atol=atol_grads * max(1.0, float(grad.abs().max())), rtol=0,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_vision_pooled_row_last_block_keeps_features_and_gradients(vit_state_dict):
+    """fp32 default: the last vision block computes the class token only; with shallow and deep prompts
+    (one at the last block) the features and every parameter's gradient equal the full blocks'."""
+    model = clip.build_model(vit_state_dict).float().requires_grad_(True)
+    visual = model.visual
+    images = images_for(model, 3)
+    last = visual.transformer.layers - 1
+    shallow = torch.randn(2, visual.width, requires_grad=True)
+    deep = {1: torch.randn(2, visual.width), last: torch.randn(2, visual.width)}
+    plain = _features_and_grads(model, lambda: model.encode_image(images, prompts=shallow, layer_prompts=deep,
+                                                                  rows_only=False))
+    fast = _features_and_grads(model, lambda: model.encode_image(images, prompts=shallow, layer_prompts=deep))
+    # Same sums, split into matrix products over fewer rows: the tower's summation-order bound, for
+    # the features and (the backward runs the same layers in reverse) for the gradients, relative.
+    tokens = 1 + visual.grid_size**2 + 2
+    atol = transformer_atol(plain[0].abs().max(), visual.width, tokens, visual.transformer.layers)
+    _assert_same_step(plain, fast, atol, transformer_atol(1.0, visual.width, tokens, 2 * visual.transformer.layers))
+    assert len(plain[1]) > 10  # every block's weights got gradients
+    with torch.no_grad():  # and the full last block's output rows really differ (it is not a no-op)
+        moved = model.encode_image(images, prompts=shallow, layer_prompts={**deep, last: torch.randn(2, visual.width)})
+    assert (moved - fast[0]).abs().max() > 10 * atol
+
+
+def test_vision_fp16_keeps_the_full_last_block(vit_state_dict):
+    """fp16 default: every row of the last block, so fp16 features equal the originals' bit for bit."""
+    model = clip.build_model(vit_state_dict)  # fp16 weights
+    images = images_for(model, 2).half()
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(images), model.encode_image(images, rows_only=False))
+
+
+def test_text_eot_rows_and_shared_context_keep_features_and_gradients(vit_state_dict):
+    """fp32 default with a CoOp-style shared context: the last block at the EOT rows, SOS + context
+    computed once from row 0. The features and the gradients of the context (summed over every
+    class's use of it) and of every weight equal the full forward's."""
+    model = clip.build_model(vit_state_dict).float().requires_grad_(True)
+    tokens = clip.tokenize(["X X X a dog.", "X X X a sea lion.", "X X X ox.", "X X X a red-tailed hawk."])
+    eot = tokens.argmax(-1)
+    n_ctx = 3
+    ctx = torch.randn(n_ctx, model.transformer.width, requires_grad=True)
+    embeddings = model.token_embedding(tokens).detach()
+
+    def prompts():
+        return torch.cat([embeddings[:, :1], ctx.expand(len(tokens), -1, -1), embeddings[:, 1 + n_ctx:]], dim=1)
+
+    def step(**options):
+        ctx.grad = None
+        out, grads = _features_and_grads(model, lambda: model.encode_text_embeddings(prompts(), eot, **options))
+        return out, {**grads, "ctx": ctx.grad.clone()}
+
+    plain = step(rows_only=False)
+    fast = step(shared_prefix=1 + n_ctx)
+    length = int(eot.max()) + 1
+    atol = transformer_atol(plain[0].abs().max(), model.transformer.width, length, model.transformer.layers)
+    _assert_same_step(plain, fast, atol, transformer_atol(1.0, model.transformer.width, length,
+                                                          2 * model.transformer.layers))
+    # A prefix that is not really shared (row 1's context differs) gives other features: the caller's
+    # promise matters, so the code path is the one under test.
+    with torch.no_grad():
+        other = prompts().clone()
+        other[1, 1:1 + n_ctx] += torch.randn(n_ctx, other.shape[-1])  # (a constant shift: LayerNorm hides it)
+        wrong = model.encode_text_embeddings(other, eot, shared_prefix=1 + n_ctx)
+        right = model.encode_text_embeddings(other, eot, rows_only=False)
+    assert (wrong[1] - right[1]).abs().max() > 10 * atol
+
+
+def test_encode_text_shares_the_template_start_of_token_ids(vit_model):
+    """encode_text finds the tokens every row starts with (a template) and computes them once: the
+    first block sees them once, and the features equal the full forward's."""
+    tokens = clip.tokenize(["a photo of a dog.", "a photo of a sea lion.", "a photo of a ox."])
+    assert clip.model.shared_prefix_length(tokens) == 5  # <SOS> a photo of a
+    calls = []
+    handle = vit_model.transformer.resblocks[0].register_forward_hook(lambda *a: calls.append("forward"))
+    try:
+        with torch.no_grad():
+            shared = vit_model.encode_text(tokens)
+    finally:
+        handle.remove()
+    assert calls == []  # the blocks ran on the [prefix; rows] layout, not once per padded sequence
+    with torch.no_grad():
+        plain = vit_model.encode_text_embeddings(vit_model.token_embedding(tokens), tokens.argmax(-1), rows_only=False)
+    length = int(tokens.argmax(-1).max()) + 1
+    atol = transformer_atol(plain.abs().max(), vit_model.transformer.width, length, vit_model.transformer.layers)
+    torch.testing.assert_close(shared, plain, atol=atol, rtol=0)

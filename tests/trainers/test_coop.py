@@ -387,3 +387,40 @@ def test_cross_dataset_evaluation_rebuilds_prompts_for_the_target_classes(caltec
     preds = np.load(target / "predictions.npz")
     assert preds["logits"].shape[1] == record["num_classes"]
     assert all(p.startswith("dtd/images/") for p in preds["impaths"])
+
+
+@pytest.mark.parametrize("position,csc", [("end", False), ("middle", False), ("front", False), ("end", True)])
+def test_shared_context_prefix_computed_once_gives_the_full_forward(caltech_root, tiny_clip_path, tmp_path,
+                                                                      position, csc):
+    """fp32: SOS and the shared context ahead of the class name are the same tensors in every prompt, so
+    the text tower computes them once; the class text features and the context's gradient equal the
+    full forward's (every prompt, every block), to the tower's summation-order bound."""
+    from tests.tolerances import transformer_atol
+
+    trainer = build_coop_trainer(coop_argv(caltech_root, tiny_clip_path, tmp_path, "TRAINER.COOP.PREC", "fp32",
+                                           "TRAINER.COOP.CLASS_TOKEN_POSITION", position,
+                                           "TRAINER.COOP.CSC", str(csc)))
+    model, learner = trainer.model, trainer.model.prompt_learner
+    shared = learner.shared_prefix_length(learner.ctx)
+    assert shared == {("end", False): 1 + N_CTX, ("middle", False): 1 + N_CTX // 2}.get((position, csc), 1)
+    prompts = learner().detach()
+    assert torch.equal(prompts[:, :shared], prompts[:1, :shared].expand(learner.n_cls, -1, -1))
+    assert not torch.equal(prompts[:, shared], prompts[:1, shared].expand(learner.n_cls, -1))  # a class name next
+
+    def features_and_ctx_grad(forward):
+        learner.ctx.grad = None
+        features = forward()
+        (features * torch.randn(features.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+        return features.detach(), learner.ctx.grad.clone()
+
+    clip_model = model.clip_model
+    fast = features_and_ctx_grad(model.encode_texts)
+    full = features_and_ctx_grad(lambda: clip_model.encode_text_embeddings(learner(), learner.eot_indices,
+                                                                           rows_only=False))
+    width, blocks = clip_model.transformer.width, clip_model.transformer.layers
+    length = int(learner.eot_indices.max()) + 1
+    torch.testing.assert_close(fast[0], full[0], atol=transformer_atol(full[0].abs().max(), width, length, blocks),
+                               rtol=0)
+    # The backward runs the same layers again in reverse; relative to the gradient's size.
+    grad_atol = transformer_atol(full[1].abs().max(), width, length, 2 * blocks)
+    torch.testing.assert_close(fast[1], full[1], atol=grad_atol, rtol=0)
