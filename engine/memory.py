@@ -2,11 +2,12 @@
 resident set size (Linux /proc; the peak, VmHWM, can be reset by writing to /proc/self/clear_refs)."""
 from __future__ import annotations
 
+import ctypes
 import resource
 
 import torch
 
-__all__ = ["memory_in_use_mb", "reset_peak_memory", "peak_memory_mb", "memory_kind"]
+__all__ = ["memory_in_use_mb", "reset_peak_memory", "peak_memory_mb", "memory_kind", "release_freed_memory"]
 
 
 def memory_kind(device: torch.device, peak_was_reset: bool = True) -> str:
@@ -29,11 +30,22 @@ def reset_peak_memory(device: torch.device) -> bool:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return True
+    release_freed_memory()  # else memory freed earlier (a build, an evaluation) hides the new work's own
     try:  # Linux: writing 5 resets the peak RSS (VmHWM) of this process
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:
+        return False
+
+
+def release_freed_memory() -> bool:
+    """Return the C heap's freed pages to the OS (glibc's `malloc_trim`), so that the resident set is
+    what the process holds now; False where there is no glibc. Without it, work that reuses memory an
+    earlier step freed adds nothing to the resident set, and its own memory reads as zero."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
         return False
 
 

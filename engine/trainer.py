@@ -527,8 +527,8 @@ class SimpleTrainer(TrainerBase):
         writer_dir = os.path.join(self.output_dir, "tensorboard")
         mkdir_if_missing(writer_dir)
         self.init_writer(writer_dir)
+        self._peak_was_reset = reset_peak_memory(self.device)  # first: it returns freed memory to the OS
         self.resident_memory_mb = memory_in_use_mb(self.device)
-        self._peak_was_reset = reset_peak_memory(self.device)
         self.start_preflight(directory)
         self.time_start = time.time()
 
