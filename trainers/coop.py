@@ -45,7 +45,7 @@ class CoOpModel(PromptLearnerModel):
     frozen_image_features = True  # CLIP's image tower is frozen and takes no prompt
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        return self.clip_model.encode_text_embeddings(self.prompt_learner(), self.prompt_learner.eot_indices)
+        return self.encode_prompts(self.prompt_learner(), self.prompt_learner.eot_indices)
 
 
 @TRAINER_REGISTRY.register()
