@@ -362,6 +362,8 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
     def memory_advice(self, shortfall: MemoryShortfall) -> str | None:
         """A lower text budget (TRAIN.TEXT_CHUNK_MB, or the method's own key): the step's class prompts
         then go through the text tower in smaller chunks, each recomputed in the backward pass."""
+        if not isinstance(self.model, MethodModel):  # DyT: a timm ViT, no text tower
+            return None
         activation = self.model.text_activation(shortfall.batch_size)
         if activation is None:
             return None
@@ -369,8 +371,8 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
         in_use = min(budget, activation.total_mb)
         # After an out-of-memory error the excess is unknown: half is a first try the next preflight checks.
         target = in_use / 2 if shortfall.excess_mb is None else in_use - shortfall.excess_mb
-        if target < activation.per_prompt_mb:
-            return None  # even one prompt per chunk would not save enough
+        if target < max(activation.per_prompt_mb, 1.0):
+            return None  # even one prompt per chunk would not save enough (the key counts whole MB)
         return (f"Or set {key} {math.floor(target)} (now {budget}; the text tower's activations, "
                 f"about {in_use:.0f} MB at this batch, then go in chunks within it, recomputed in the backward "
                 "pass: the same results, more time).")
