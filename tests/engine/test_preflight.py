@@ -235,9 +235,14 @@ TEXT_CHUNK_RUNS = {
 
 @pytest.mark.parametrize("run", list(TEXT_CHUNK_RUNS))
 def test_a_method_with_a_trained_text_forward_suggests_the_text_chunk_that_would_fit(run, caltech_root,
-                                                                                      tiny_clip_path, tmp_path):
+                                                                                      tiny_clip_path, tmp_path,
+                                                                                      monkeypatch):
     import train
+    import trainers.common
     from engine import build_trainer
+
+    # The tiny CLIP's text activations are below a megabyte, the key's unit: scale the estimate up.
+    monkeypatch.setattr(trainers.common, "TEXT_ACTIVATION_FACTOR", 256 * trainers.common.TEXT_ACTIVATION_FACTOR)
 
     trainer_name, recipe, opts, key, prompts = TEXT_CHUNK_RUNS[run]
     argv = [
@@ -254,6 +259,7 @@ def test_a_method_with_a_trained_text_forward_suggests_the_text_chunk_that_would
     advice = trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=in_use / 4))
     assert advice.startswith(f"Or set {key} {math.floor(in_use - in_use / 4)} (now 8192;")
     assert trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=in_use)) is None  # chunks cannot
+    assert activation.per_prompt_mb >= 1.0  # so the suggestions below are whole megabytes that save enough
     # After an out-of-memory error (excess unknown): half of what is in use, as a first try.
     oom = trainer.memory_advice(MemoryShortfall(None, 500.0, BATCH, excess_mb=None))
     assert oom.startswith(f"Or set {key} {math.floor(in_use / 2)} ")
