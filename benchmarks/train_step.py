@@ -176,8 +176,9 @@ def build(trainer_name: str, args, backbone_path: str, out_dir: str, fast_mode: 
         # Settings a method needs to train on the synthetic classes (DePT: its head on all of them).
         *getattr(trainer_cls, "benchmark_opts", ()),
     ]
-    if args.text_chunk_mb is not None:  # every CLIP method's text budget (default: the config's)
-        argv += ["TRAIN.TEXT_CHUNK_MB", str(args.text_chunk_mb)]
+    text_chunk_mb = getattr(args, "text_chunk_mb", None)  # other benchmarks build through here without the flag
+    if text_chunk_mb is not None:  # every CLIP method's text budget (default: the config's)
+        argv += ["TRAIN.TEXT_CHUNK_MB", str(text_chunk_mb)]
     if backbone_kind(trainer_name) == "timm_vit":
         size = f"({args.image_size}, {args.image_size})"
         argv += [trainer_cls.arch_key, TIMM_ARCHS[args.geometry], "INPUT.SIZE", size]

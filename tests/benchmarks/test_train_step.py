@@ -170,13 +170,13 @@ def test_command_line_mistakes_end_in_one_message(argv, message):
     assert proc.stderr.count("error:") == 1 and re.search(message, proc.stderr)
 
 
-def test_the_text_budget_reaches_the_run_and_chunks_cost_one_more_text_forward(records, tmp_path):
-    """--text-chunk-mb sets TRAIN.TEXT_CHUNK_MB: at 1 MB CoOp's 8 prompts (about 1 MB each with gradients
-    on the tiny geometry) go in chunks, each run again in the backward pass, so the step counts more FLOPs
-    than the one-call step (by one text forward) and the same trainable parameters."""
-    path = tmp_path / "chunked.json"
-    train_step.main(["--trainer", "CoOp", "--json", str(path), "--text-chunk-mb", "1", *TINY])
-    chunked, whole = json.loads(path.read_text()), records["CoOp"]
-    assert (chunked["text_chunk_mb"], whole["text_chunk_mb"]) == (1, 8192)
-    assert chunked["trainable_params"] == whole["trainable_params"]
-    assert whole["flops_per_step"] < chunked["flops_per_step"] < 2 * whole["flops_per_step"]
+def test_the_text_budget_flag_sets_the_config_key(tmp_path):
+    """--text-chunk-mb reaches TRAIN.TEXT_CHUNK_MB and the model's text budget; without it the config's default."""
+    args = train_step.build_parser().parse_args(["--trainer", "CoOp", "--text-chunk-mb", "3", *TINY])
+    default = train_step.build_parser().parse_args(["--trainer", "CoOp", *TINY])
+    clip_path = str(tmp_path / "clip.pt")
+    train_step.write_random_clip(clip_path, "tiny", 32)
+    for parsed, budget in ((args, 3), (default, 8192)):
+        run = train_step.run_args(parsed, train_step.planned_runs(["CoOp"], "exact", [8], None, "cpu")[0])
+        trainer = train_step.build("CoOp", run, clip_path, str(tmp_path / f"out{budget}"))
+        assert trainer.cfg.TRAIN.TEXT_CHUNK_MB == budget and trainer.model.text_chunk_mb == budget
