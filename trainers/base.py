@@ -233,7 +233,8 @@ class PromptLearnerModel(MethodModel):
         eot = getattr(self.prompt_learner, "eot_indices", None)
         if eot is None:  # no prompts through the text tower (TaskRes's residual)
             return None
-        return text_activation(self.clip_model, eot, prompts=len(eot) * (batch_size if self.text_depends_on_image else 1))
+        per_step = batch_size if self.text_depends_on_image else 1  # CoCoOp: every image has its C prompts
+        return text_activation(self.clip_model, eot, prompts=len(eot) * per_step)
 
 
 def staged_param_groups(named: list[tuple[str, nn.Parameter]], optim_cfg: Any, new_lr: float) -> list[dict]:

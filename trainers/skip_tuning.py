@@ -180,7 +180,8 @@ class SkipModel(FinetuneModel):
         self.text_hidden, self.text_eot = hidden, eot
         self.text_prefix = shared_prefix_length(self.tokenized_texts)
         if self.class_prototypes is None:
-            features = features_from_hidden_in_chunks(self.clip_model, hidden, eot, self.start_layer, self.text_chunk_mb)
+            features = features_from_hidden_in_chunks(self.clip_model, hidden, eot, self.start_layer,
+                                                      self.text_chunk_mb)
             self.class_prototypes = features / features.norm(dim=-1, keepdim=True)
 
     @torch.no_grad()
