@@ -248,11 +248,14 @@ class ChunkPlan:
 
 def text_chunk_plan(n_prompts: int, length: int, width: int, layers: int, bytes_per_value: int,
                     budget_mb: float, with_grad: bool) -> ChunkPlan:
-    """Chunks whose activation estimate, n x length x width x bytes x TEXT_ACTIVATION_FACTOR x
-    (layers with gradients, 1 without), stays within `budget_mb` (at least one prompt per chunk)."""
-    size = max(1, min(n_prompts, int(budget_mb * 2**20 // prompt_activation_bytes(length, width, layers,
-                                                                                   bytes_per_value, with_grad))))
-    return ChunkPlan(size, math.ceil(n_prompts / size))
+    """The fewest chunks whose activation estimate, n x length x width x bytes x TEXT_ACTIVATION_FACTOR x
+    (layers with gradients, 1 without), stays within `budget_mb` (at least one prompt per chunk), made as
+    even as possible: the peak is the largest chunk's, so 1000 prompts over a 949-prompt budget go as
+    500 + 500, not 949 + 51."""
+    largest = max(1, min(n_prompts, int(budget_mb * 2**20 // prompt_activation_bytes(length, width, layers,
+                                                                                      bytes_per_value, with_grad))))
+    count = math.ceil(n_prompts / largest)
+    return ChunkPlan(math.ceil(n_prompts / count), count)
 
 
 def prompt_activation_bytes(length: int, width: int, layers: int, bytes_per_value: int, with_grad: bool) -> int:
