@@ -9,7 +9,7 @@ the same logits, each timed as a training step (forward, cross-entropy, backward
 
 * `batched`: ours, the B x C prompts through the text tower in one call, cut after the last EOT
   (fp32);
-* `batched, chunked`: the same with `TRAINER.COCOOP.TEXT_CHUNK_MB` = --chunk-mb, so the prompts go in
+* `batched, chunked`: the same with the text budget (TRAIN.TEXT_CHUNK_MB) = --chunk-mb, so the prompts go in
   chunks, each recomputed in the backward pass (activation checkpointing);
 * `per-image loop`: the original's arithmetic, for each image its C prompts at all 77 tokens.
 

@@ -176,6 +176,9 @@ def build(trainer_name: str, args, backbone_path: str, out_dir: str, fast_mode: 
         # Settings a method needs to train on the synthetic classes (DePT: its head on all of them).
         *getattr(trainer_cls, "benchmark_opts", ()),
     ]
+    text_chunk_mb = getattr(args, "text_chunk_mb", None)  # other benchmarks build through here without the flag
+    if text_chunk_mb is not None:  # every CLIP method's text budget (default: the config's)
+        argv += ["TRAIN.TEXT_CHUNK_MB", str(text_chunk_mb)]
     if backbone_kind(trainer_name) == "timm_vit":
         size = f"({args.image_size}, {args.image_size})"
         argv += [trainer_cls.arch_key, TIMM_ARCHS[args.geometry], "INPUT.SIZE", size]
@@ -272,7 +275,7 @@ def measure(trainer_name: str, args) -> dict[str, Any]:
         # Settings.
         "batch": args.batch, "classes": args.classes, "image_size": args.image_size, "steps": args.steps,
         "device": args.device, "precision": args.prec, "compute_dtype": dtype_name(compute_dtype(trainer)),
-        "geometry": args.geometry,
+        "geometry": args.geometry, "text_chunk_mb": trainer.text_chunk_mb(trainer.cfg),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     })
     return record
@@ -377,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "fp32 weights); both: each")
     parser.add_argument("--gemm-size", type=int, default=2048,
                         help="side of the square GEMM measuring this machine's rate (0: not measured)")
+    parser.add_argument("--text-chunk-mb", type=int, default=None,
+                        help="TRAIN.TEXT_CHUNK_MB, the text tower's activation budget per call (default: the config's)")
     parser.add_argument("--json", default="", help="write the record(s) here")
     return parser
 
@@ -421,6 +426,8 @@ def measure_in_subprocess(run: Run, args: argparse.Namespace) -> dict:
                "--batch", str(args.batch), "--classes", str(run.classes), "--image-size", str(args.image_size),
                "--steps", str(args.steps), "--device", args.device, "--prec", run.prec, "--geometry", args.geometry,
                "--mode", run.mode, "--gemm-size", "0"]  # the GEMM is measured once, by this process
+        if args.text_chunk_mb is not None:
+            cmd += ["--text-chunk-mb", str(args.text_chunk_mb)]
         subprocess.run(cmd, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
         with open(f.name) as g:
             return json.load(g)

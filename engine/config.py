@@ -190,6 +190,10 @@ def _build_defaults() -> CfgNode:
     # bf16 on CPU and fp16 on CUDA (with a GradScaler), the weights kept in fp32. Not exact: logits
     # differ from the original's by bf16/fp16 rounding. Needs the method's precision key fp32 or amp.
     _C.TRAIN.FAST_MODE = False
+    # Ours, CLIP methods: the activation memory (MB) one text-tower call may use. A step's class prompts
+    # beyond it go through the tower in chunks, each recomputed in the backward pass (activation
+    # checkpointing): exact, less memory, one more text forward per chunk. README "Text chunks".
+    _C.TRAIN.TEXT_CHUNK_MB = 8192
 
     _C.TEST = CN()
     _C.TEST.EVALUATOR = "Classification"

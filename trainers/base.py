@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -47,13 +48,17 @@ from engine.errors import ConfigValueError
 from engine.evaluation import compute_accuracy
 from engine.feature_cache import CachedImageFeatures
 from engine.optim import build_lr_scheduler, build_optimizer
-from trainers.common import (PRECISIONS, autocast_context, autocast_enabled, cosine_logits, load_clip,
-                             make_grad_scaler)
+from engine.preflight import MemoryShortfall
+from trainers.common import (DEFAULT_TEXT_CHUNK_MB, PRECISIONS, TextActivation, autocast_context, autocast_enabled,
+                             cosine_logits, encode_prompt_embeddings, load_clip, make_grad_scaler,
+                             text_activation)
 from trainers.feature_cache import FrozenFeatureCacheMixin
 
 __all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "PromptLearnerModel", "StepOutput", "staged_param_groups"]
 
 logger = logging.getLogger(__name__)
+
+TEXT_CHUNK_KEY = "TRAIN.TEXT_CHUNK_MB"
 
 
 @dataclass
@@ -102,10 +107,25 @@ class MethodModel(nn.Module):
     # or prompts: then they may come from the feature cache. Leave False for a trained image tower
     # (FT-CLIP, Skip Tuning) or vision prompts (MaPLe, PromptSRC).
     frozen_image_features = False
+    # The activation budget (MB) of one text-tower call (TRAIN.TEXT_CHUNK_MB): class prompts beyond it go
+    # in chunks (`trainers.common.chunked_text_forward`). Set by `ClipMethod.build_model`.
+    text_chunk_mb: float = DEFAULT_TEXT_CHUNK_MB
 
     def __init__(self, clip_model: nn.Module) -> None:
         super().__init__()
         self.clip_model = clip_model
+
+    def set_text_chunk_mb(self, budget_mb: float) -> None:
+        """The text budget of this model and of the models it wraps (DePT's host)."""
+        for module in self.modules():
+            if isinstance(module, MethodModel):
+                module.text_chunk_mb = budget_mb
+
+    def text_activation(self, batch_size: int) -> TextActivation | None:
+        """The text tower's activations of a training step (rows x per-row estimate with gradients), for
+        the preflight's advice on TRAIN.TEXT_CHUNK_MB; None when no text forward with gradients runs in
+        a step (fixed class features)."""
+        return None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -153,6 +173,14 @@ class MethodModel(nn.Module):
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Class text features [C, D] (or [B, C, D] when `text_depends_on_image`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement encode_texts()")
+
+    def encode_prompts(self, prompts: torch.Tensor, eot_indices: torch.Tensor,
+                       layer_prompts: dict[int, torch.Tensor] | None = None, shared_prefix: int = 0) -> torch.Tensor:
+        """Text features [N, D] of prompt embeddings [N, L, W] (deep `layer_prompts` shared by all rows;
+        `shared_prefix` leading tokens the same tensors in every row), in chunks within `text_chunk_mb`
+        (`trainers.common.encode_prompt_embeddings`)."""
+        return encode_prompt_embeddings(self.clip_model, prompts, eot_indices, self.text_chunk_mb, layer_prompts,
+                                        shared_prefix)
 
     def features(self, images: torch.Tensor, text: torch.Tensor | None = None) -> Features:
         """Image and class text features; `text` reuses features computed earlier (evaluation)."""
@@ -202,6 +230,13 @@ class PromptLearnerModel(MethodModel):
 
     def checkpoint_skip_patterns(self) -> tuple[str, ...]:
         return ("token_prefix", "token_suffix")
+
+    def text_activation(self, batch_size: int) -> TextActivation | None:
+        eot = getattr(self.prompt_learner, "eot_indices", None)
+        if eot is None:  # no prompts through the text tower (TaskRes's residual)
+            return None
+        per_step = batch_size if self.text_depends_on_image else 1  # CoCoOp: every image has its C prompts
+        return text_activation(self.clip_model, eot, prompts=len(eot) * per_step)
 
 
 def staged_param_groups(named: list[tuple[str, nn.Parameter]], optim_cfg: Any, new_lr: float) -> list[dict]:
@@ -256,6 +291,28 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
             raise ConfigValueError(
                 f"TRAIN.FAST_MODE True needs fp32 weights (it autocasts them), but {cls.precision_key} is fp16 "
                 f"(fp16 weights, as the original). Set {cls.precision_key} fp32, or TRAIN.FAST_MODE False.")
+        cls.check_text_chunk_mb(TEXT_CHUNK_KEY, cfg.TRAIN.TEXT_CHUNK_MB)
+
+    @classmethod
+    def text_chunk_key(cls, cfg) -> str:
+        """The config key holding the run's text activation budget (CoCoOp: its own key when set)."""
+        return TEXT_CHUNK_KEY
+
+    @classmethod
+    def text_chunk_mb(cls, cfg) -> float:
+        """The run's text activation budget in MB (see `MethodModel.text_chunk_mb`)."""
+        node: Any = cfg
+        for part in cls.text_chunk_key(cfg).split("."):
+            node = node[part]
+        return node
+
+    @staticmethod
+    def check_text_chunk_mb(key: str, value: Any) -> None:
+        """A text budget must be a positive number of megabytes."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigValueError(
+                f"{key} must be a positive number of megabytes (the text tower's activation budget per call), "
+                f"got {value!r}. Set e.g. '{key} {int(DEFAULT_TEXT_CHUNK_MB)}'.")
 
     @classmethod
     def backbone_preprocess(cls, cfg) -> Preprocess:
@@ -281,6 +338,7 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
         logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
         clip_model = load_clip(cfg, prec)
         self.model = self.build_method(clip_model, self.dm.dataset.classnames)
+        self.model.set_text_chunk_mb(self.text_chunk_mb(cfg))
         self.model.set_trainable()
         modules = self.model.learnable_modules()
         if cfg.MODEL.INIT_WEIGHTS and modules:
@@ -303,6 +361,24 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
         for i, (name, module) in enumerate(modules.items()):
             # One optimiser for all: its state is saved with the first module.
             self.register_model(name, module, self.optim if i == 0 else None, self.sched if i == 0 else None)
+
+    def memory_advice(self, shortfall: MemoryShortfall) -> str | None:
+        """A lower text budget (TRAIN.TEXT_CHUNK_MB, or the method's own key): the step's class prompts
+        then go through the text tower in smaller chunks, each recomputed in the backward pass."""
+        if not isinstance(self.model, MethodModel):  # DyT: a timm ViT, no text tower
+            return None
+        activation = self.model.text_activation(shortfall.batch_size)
+        if activation is None:
+            return None
+        key, budget = self.text_chunk_key(self.cfg), self.text_chunk_mb(self.cfg)
+        in_use = min(budget, activation.total_mb)
+        # After an out-of-memory error the excess is unknown: half is a first try the next preflight checks.
+        target = in_use / 2 if shortfall.excess_mb is None else in_use - shortfall.excess_mb
+        if target < max(activation.per_prompt_mb, 1.0):
+            return None  # even one prompt per chunk would not save enough (the key counts whole MB)
+        return (f"Or set {key} {math.floor(target)} (now {budget}; the text tower's activations, "
+                f"about {in_use:.0f} MB at this batch, then go in chunks within it, recomputed in the backward "
+                "pass: the same results, more time).")
 
     # ------------------------------------------------------------------ training
     def autocast(self):

@@ -112,5 +112,6 @@ class CLIP_Adapter(ClipMethod):
         logger.info('Prompt template: "%s"; adapter %d -> %d -> %d, ratio %s', template, width,
                     width // opts.REDUCTION, width, opts.RATIO)
         clip_model.to(self.device)  # the frozen text tower runs once here, on the run's device
-        text = mean_text_features(clip_model, classnames, [template], self.device)
+        text = mean_text_features(clip_model, classnames, [template], self.device,
+                                  budget_mb=self.text_chunk_mb(self.cfg))
         return ClipAdapterModel(clip_model, Adapter(width, opts.REDUCTION), text.float(), float(opts.RATIO))

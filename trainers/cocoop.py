@@ -9,12 +9,12 @@ Checkpoints hold `ctx`, `meta_net.linear{1,2}.*`, `token_prefix`, `token_suffix`
 
 The original encodes the C prompts of each image in a Python loop over the batch, 77 tokens each.
 Here the B x C prompts go through the text tower in one call, cut after the last EOT in fp32
-(exact), and in chunks within `TRAINER.COCOOP.TEXT_CHUNK_MB` of activation memory (ours).
+(exact), and in chunks within TRAIN.TEXT_CHUNK_MB of activation memory (ours; `TRAINER.COCOOP.TEXT_CHUNK_MB`,
+when set, overrides it for CoCoOp).
 """
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 
 import torch
@@ -22,13 +22,13 @@ import torch.nn as nn
 
 from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
-from engine.errors import ConfigValueError
-from engine.preflight import MemoryShortfall
 from trainers.base import ClipMethod, MethodModel, PromptLearnerModel
-from trainers.common import TEXT_ACTIVATION_FACTOR, encode_prompt_embeddings
+from trainers.common import DEFAULT_TEXT_CHUNK_MB, text_activation
 from trainers.prompts import ClassPrompts, initial_context
 
 logger = logging.getLogger(__name__)
+
+COCOOP_CHUNK_KEY = "TRAINER.COCOOP.TEXT_CHUNK_MB"
 
 
 class PromptLearner(ClassPrompts):
@@ -62,7 +62,8 @@ class CoCoOpModel(PromptLearnerModel):
     autocast_at_test = False  # the original evaluates amp runs without autocast
     frozen_image_features = True  # the meta-net reads the frozen features; the image tower takes no prompt
 
-    def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner, text_chunk_mb: float) -> None:
+    def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner,
+                 text_chunk_mb: float = DEFAULT_TEXT_CHUNK_MB) -> None:
         super().__init__(clip_model, prompt_learner)
         self.text_chunk_mb = text_chunk_mb
 
@@ -74,17 +75,11 @@ class CoCoOpModel(PromptLearnerModel):
         prompts = self.prompt_learner(normalised)  # [B, C, L, W]
         batch, n_cls = prompts.shape[:2]
         eot_indices = self.prompt_learner.eot_indices.repeat(batch)
-        features = encode_prompt_embeddings(self.clip_model, prompts.flatten(0, 1), eot_indices, self.text_chunk_mb)
-        return features.view(batch, n_cls, -1)
+        return self.encode_prompts(prompts.flatten(0, 1), eot_indices).view(batch, n_cls, -1)
 
     def prompt_activation_mb(self) -> float:
         """The chunk planner's activation estimate of one prompt with gradients (`text_chunk_plan`)."""
-        clip_model = self.clip_model
-        fp32 = clip_model.dtype == torch.float32  # fp32 sequences are cut after the last EOT
-        length = int(self.prompt_learner.eot_indices.max()) + 1 if fp32 else clip_model.context_length
-        text = clip_model.transformer
-        itemsize = torch.empty((), dtype=clip_model.dtype).element_size()
-        return length * text.width * itemsize * TEXT_ACTIVATION_FACTOR * text.layers / 2**20
+        return text_activation(self.clip_model, self.prompt_learner.eot_indices).per_prompt_mb
 
 
 @TRAINER_REGISTRY.register()
@@ -98,33 +93,23 @@ class CoCoOp(ClipMethod):
         cfg.TRAINER.COCOOP.N_CTX = 16  # number of context vectors (ignored when CTX_INIT is set)
         cfg.TRAINER.COCOOP.CTX_INIT = ""  # e.g. "a photo of a"
         cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp
-        # Ours: activation memory (MB) of one text-tower call; B x C prompts are split into chunks within it.
-        cfg.TRAINER.COCOOP.TEXT_CHUNK_MB = 8192
+        # Ours: activation memory (MB) of one text-tower call for CoCoOp; None: TRAIN.TEXT_CHUNK_MB (every
+        # CLIP method's key, default 8192). A number overrides it for CoCoOp (the key of an earlier version).
+        cfg.TRAINER.COCOOP.TEXT_CHUNK_MB = None
 
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        if not cfg.TRAINER.COCOOP.TEXT_CHUNK_MB > 0:
-            raise ConfigValueError(
-                f"TRAINER.COCOOP.TEXT_CHUNK_MB must be a positive number of megabytes, got "
-                f"{cfg.TRAINER.COCOOP.TEXT_CHUNK_MB}"
-            )
+        if cfg.TRAINER.COCOOP.TEXT_CHUNK_MB is not None:
+            cls.check_text_chunk_mb(COCOOP_CHUNK_KEY, cfg.TRAINER.COCOOP.TEXT_CHUNK_MB)
 
-    def memory_advice(self, shortfall: MemoryShortfall) -> str | None:
-        """A lower TEXT_CHUNK_MB: the B x C prompts' text activations then go in smaller chunks."""
-        budget = self.cfg.TRAINER.COCOOP.TEXT_CHUNK_MB
-        per_prompt = self.model.prompt_activation_mb()
-        in_use = min(budget, per_prompt * shortfall.batch_size * self.model.prompt_learner.n_cls)
-        # After an out-of-memory error the excess is unknown: half is a first try the next preflight checks.
-        target = in_use / 2 if shortfall.excess_mb is None else in_use - shortfall.excess_mb
-        if target < per_prompt:
-            return None  # even one prompt per chunk would not save enough
-        return (f"Or set TRAINER.COCOOP.TEXT_CHUNK_MB {math.floor(target)} (now {budget}; the text tower's activations, "
-                f"about {in_use:.0f} MB at this batch, then go in chunks within it, recomputed in the backward "
-                "pass: the same results, more time).")
+    @classmethod
+    def text_chunk_key(cls, cfg) -> str:
+        """TRAINER.COCOOP.TEXT_CHUNK_MB when set (it overrides TRAIN.TEXT_CHUNK_MB for CoCoOp), else the general key."""
+        return COCOOP_CHUNK_KEY if cfg.TRAINER.COCOOP.TEXT_CHUNK_MB is not None else super().text_chunk_key(cfg)
 
     def build_method(self, clip_model: nn.Module, classnames: list[str]) -> MethodModel:
         opts = self.cfg.TRAINER.COCOOP
         logger.info("Building custom CLIP")
         prompt_learner = PromptLearner(clip_model, classnames, opts.N_CTX, opts.CTX_INIT)
-        return CoCoOpModel(clip_model, prompt_learner, opts.TEXT_CHUNK_MB)
+        return CoCoOpModel(clip_model, prompt_learner)  # its budget: ClipMethod.build_model sets it

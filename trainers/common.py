@@ -9,13 +9,14 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
 import clip
+from clip.model import shared_prefix_length
 from engine.errors import ConfigValueError
 from trainers.prompts import clean_classname
 
@@ -74,6 +75,8 @@ IMAGENET_TEMPLATES = [
 ]
 
 PRECISIONS = ("fp16", "fp32", "amp")
+# TRAIN.TEXT_CHUNK_MB's default (see `chunked_text_forward`): a step of CoOp on 100 classes (ViT-B/16) is one chunk.
+DEFAULT_TEXT_CHUNK_MB = 8192.0
 
 
 def template_for(dataset_name: str) -> str:
@@ -146,16 +149,18 @@ def text_features_for_templates(
     classnames: Sequence[str],
     templates: Iterable[str],
     device: torch.device,
+    budget_mb: float = DEFAULT_TEXT_CHUNK_MB,
 ) -> torch.Tensor:
     """L2-normalised class text features, averaged over templates and normalised again.
 
-    With a single template this is just that template's normalised features.
+    With a single template this is just that template's normalised features. Each template's prompts
+    go through the text tower in chunks within `budget_mb` (TRAIN.TEXT_CHUNK_MB, no-gradient estimate).
     """
     per_template = []
     for template in templates:
         prompts = [template.format(clean_classname(c)) for c in classnames]
         tokens = clip.tokenize(prompts).to(device)
-        features = clip_model.encode_text(tokens)
+        features = encode_token_ids(clip_model, tokens, budget_mb)
         per_template.append(features / features.norm(dim=-1, keepdim=True))
     if len(per_template) == 1:
         return per_template[0]
@@ -170,14 +175,16 @@ def mean_text_features(
     templates: Iterable[str],
     device: torch.device,
     clean_names: bool = True,
+    budget_mb: float = DEFAULT_TEXT_CHUNK_MB,
 ) -> torch.Tensor:
     """Class text features [C, D] as CLIP's `encode_text` gives them, averaged over templates WITHOUT
     normalising (TaskRes's base, CLIP-Adapter's classifier before its per-forward normalisation).
-    `clean_names=False` inserts class names verbatim, underscores included (TaskRes)."""
+    `clean_names=False` inserts class names verbatim, underscores included (TaskRes). Chunked within
+    `budget_mb` as `text_features_for_templates`."""
     per_template = []
     for template in templates:
         prompts = [template.format(clean_classname(c) if clean_names else c) for c in classnames]
-        per_template.append(clip_model.encode_text(clip.tokenize(prompts).to(device)))
+        per_template.append(encode_token_ids(clip_model, clip.tokenize(prompts).to(device), budget_mb))
     return per_template[0] if len(per_template) == 1 else torch.stack(per_template).mean(dim=0)
 
 
@@ -209,7 +216,12 @@ def text_features_from_hidden(
                                                 shared_prefix=shared_prefix)
 
 
-# --- Many prompts through the text tower, in chunks that fit a memory budget (CoCoOp: B x C prompts) ---
+# --- The text tower in chunks that fit a memory budget (TRAIN.TEXT_CHUNK_MB) ---
+# Every CLIP method's text forward goes through `chunked_text_forward`: the class prompts (CoOp's C,
+# CoCoOp's B x C, a template ensemble's T x C) are split into chunks of rows whose activation estimate
+# stays within the budget. With gradients each chunk runs under activation checkpointing, so one
+# chunk's activations are held at a time and each chunk's forward runs again in the backward pass.
+# When one chunk holds every row the text tower runs in one plain call (no extra cost).
 
 # Activation memory of the text tower per token and block, in units of width x bytes. With gradients,
 # CLIP's pre-LN block keeps about 14 widths per token for the backward (measured with saved-tensor
@@ -229,35 +241,140 @@ class ChunkPlan:
 
 def text_chunk_plan(n_prompts: int, length: int, width: int, layers: int, bytes_per_value: int,
                     budget_mb: float, with_grad: bool) -> ChunkPlan:
-    """Chunks whose activation estimate, n x length x width x bytes x TEXT_ACTIVATION_FACTOR x
-    (layers with gradients, 1 without), stays within `budget_mb` (at least one prompt per chunk)."""
-    per_prompt = length * width * bytes_per_value * TEXT_ACTIVATION_FACTOR * (layers if with_grad else 1)
-    size = max(1, min(n_prompts, int(budget_mb * 2**20 // per_prompt)))
-    return ChunkPlan(size, math.ceil(n_prompts / size))
+    """The fewest chunks whose activation estimate, n x length x width x bytes x TEXT_ACTIVATION_FACTOR x
+    (layers with gradients, 1 without), stays within `budget_mb` (at least one prompt per chunk), made as
+    even as possible: the peak is the largest chunk's, so 1000 prompts over a 949-prompt budget go as
+    500 + 500, not 949 + 51."""
+    largest = max(1, min(n_prompts, int(budget_mb * 2**20 // prompt_activation_bytes(length, width, layers,
+                                                                                      bytes_per_value, with_grad))))
+    count = math.ceil(n_prompts / largest)
+    return ChunkPlan(math.ceil(n_prompts / count), count)
+
+
+def prompt_activation_bytes(length: int, width: int, layers: int, bytes_per_value: int, with_grad: bool) -> int:
+    """The planner's activation estimate of one prompt of `length` tokens through `layers` text blocks."""
+    return length * width * bytes_per_value * TEXT_ACTIVATION_FACTOR * (layers if with_grad else 1)
+
+
+@dataclass(frozen=True)
+class TextActivation:
+    """A training step's text-tower activations as the planner sees them: `prompts` rows per step, each
+    `per_prompt_mb` with gradients (what the preflight's advice on TRAIN.TEXT_CHUNK_MB works from)."""
+
+    prompts: int
+    per_prompt_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        return self.prompts * self.per_prompt_mb
+
+
+def text_length(clip_model: nn.Module, eot_indices: torch.Tensor) -> int:
+    """Tokens per row the text tower runs on: cut after the last EOT in fp32, the full context otherwise
+    (as `CLIP.encode_text_embeddings` does)."""
+    return int(eot_indices.max()) + 1 if clip_model.dtype == torch.float32 else clip_model.context_length
+
+
+def text_activation(clip_model: nn.Module, eot_indices: torch.Tensor, prompts: int | None = None,
+                    blocks: int | None = None, length: int | None = None) -> TextActivation:
+    """The with-gradient estimate of `prompts` rows (default: one per EOT index) through `blocks` text
+    blocks (default: all) of `length` tokens (default: `text_length`)."""
+    text = clip_model.transformer
+    itemsize = torch.empty((), dtype=clip_model.dtype).element_size()
+    length = text_length(clip_model, eot_indices) if length is None else length
+    per_prompt = prompt_activation_bytes(length, text.width, text.layers if blocks is None else blocks, itemsize, True)
+    return TextActivation(len(eot_indices) if prompts is None else prompts, per_prompt / 2**20)
+
+
+def unshared_prefix_saving(clip_model: nn.Module, shared_prefix: int,
+                           layer_prompts: Mapping[int, torch.Tensor] | None = None) -> int:
+    """Tokens per row the planner need not count: a shared prefix is computed once per chunk (fp32,
+    without deep prompts: `CLIP.encode_text_embeddings`), so a row holds activations of the rest only."""
+    return shared_prefix if clip_model.dtype == torch.float32 and not layer_prompts else 0
+
+
+def builds_graph(clip_model: nn.Module, *tensors: torch.Tensor | None) -> bool:
+    """Whether a text forward records an autograd graph: gradients on, and an input, a deep prompt or a
+    text-tower weight requires them."""
+    if not torch.is_grad_enabled():
+        return False
+    if any(t is not None and t.requires_grad for t in tensors):
+        return True
+    text_parts = (clip_model.transformer, clip_model.token_embedding, clip_model.ln_final)
+    return (clip_model.text_projection.requires_grad or clip_model.positional_embedding.requires_grad
+            or any(p.requires_grad for part in text_parts for p in part.parameters()))
+
+
+def chunked_text_forward(forward: Callable[..., torch.Tensor], rows: Sequence[torch.Tensor], plan: ChunkPlan,
+                         with_grad: bool) -> torch.Tensor:
+    """`forward(*rows)` ([N, ...] each -> [N, D]) on `plan.size` rows at a time, concatenated.
+
+    One chunk: a plain call. With gradients each chunk runs under non-reentrant activation checkpointing:
+    its activations are dropped after the forward and recomputed in the backward pass (autocast state and
+    RNG restored), so gradients reach the rows, anything `forward` closes over (deep prompts) and the
+    weights. Each row's arithmetic is that of a one-call forward; only the matrix products' row counts
+    and the order in which weight gradients of the chunks are summed differ.
+    """
+    if plan.count == 1:
+        return forward(*rows)
+    features = []
+    for start in range(0, rows[0].shape[0], plan.size):
+        chunk = [r[start:start + plan.size] for r in rows]
+        if with_grad:
+            features.append(torch.utils.checkpoint.checkpoint(forward, *chunk, use_reentrant=False))
+        else:
+            features.append(forward(*chunk))
+    return torch.cat(features)
 
 
 def encode_prompt_embeddings(clip_model: nn.Module, prompts: torch.Tensor, eot_indices: torch.Tensor,
-                             budget_mb: float) -> torch.Tensor:
-    """Text features [N, D] of prompt embeddings [N, L, W], in chunks within `budget_mb` of activations.
+                             budget_mb: float, layer_prompts: Mapping[int, torch.Tensor] | None = None,
+                             shared_prefix: int = 0) -> torch.Tensor:
+    """Text features [N, D] of prompt embeddings [N, L, W] (`CLIP.encode_text_embeddings`), in chunks
+    within `budget_mb` of activations; deep `layer_prompts` (shared by all rows) go to every chunk, and
+    `shared_prefix` leading tokens, the same tensors in every row, are computed once per chunk in fp32.
 
-    Same arithmetic per prompt as `CLIP.encode_text_embeddings` (which cuts the sequences after the
-    last EOT in fp32). When gradients flow, each chunk is recomputed during the backward pass
-    (activation checkpointing), so only one chunk's activations are held at a time; one chunk costs
-    nothing extra.
+    Same arithmetic per prompt as one call (each chunk is cut after its own last EOT in fp32, which
+    changes nothing but how many masked keys the attention skips).
     """
-    with_grad = torch.is_grad_enabled() and prompts.requires_grad
-    length = int(eot_indices.max()) + 1 if clip_model.dtype == torch.float32 else prompts.shape[1]
+    prompts_list = list(layer_prompts.values()) if layer_prompts else []
+    with_grad = builds_graph(clip_model, prompts, *prompts_list)
     text = clip_model.transformer
+    length = text_length(clip_model, eot_indices) - unshared_prefix_saving(clip_model, shared_prefix, layer_prompts)
     plan = text_chunk_plan(prompts.shape[0], length, text.width, text.layers, prompts.element_size(), budget_mb,
                            with_grad)
-    if plan.count == 1:
-        return clip_model.encode_text_embeddings(prompts, eot_indices)
-    features = []
-    for start in range(0, prompts.shape[0], plan.size):
-        chunk, eot = prompts[start:start + plan.size], eot_indices[start:start + plan.size]
-        if with_grad:
-            features.append(torch.utils.checkpoint.checkpoint(
-                clip_model.encode_text_embeddings, chunk, eot, use_reentrant=False))
-        else:
-            features.append(clip_model.encode_text_embeddings(chunk, eot))
-    return torch.cat(features)
+
+    def forward(x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        return clip_model.encode_text_embeddings(x, eot, layer_prompts=layer_prompts, shared_prefix=shared_prefix)
+
+    return chunked_text_forward(forward, (prompts, eot_indices), plan, with_grad)
+
+
+def encode_token_ids(clip_model: nn.Module, tokens: torch.Tensor, budget_mb: float) -> torch.Tensor:
+    """`CLIP.encode_text(tokens)` ([N, 77] token ids -> [N, D]) in chunks within `budget_mb`: frozen
+    features without gradients (zero-shot classifiers, templates) and FT-CLIP's trained text tower."""
+    with_grad = builds_graph(clip_model)
+    text = clip_model.transformer
+    itemsize = torch.empty((), dtype=clip_model.dtype).element_size()
+    length = (text_length(clip_model, tokens.argmax(dim=-1))
+              - unshared_prefix_saving(clip_model, shared_prefix_length(tokens)))  # encode_text shares it
+    plan = text_chunk_plan(tokens.shape[0], length, text.width, text.layers, itemsize, budget_mb, with_grad)
+    return chunked_text_forward(clip_model.encode_text, (tokens,), plan, with_grad)
+
+
+def features_from_hidden_in_chunks(clip_model: nn.Module, hidden: torch.Tensor, eot_indices: torch.Tensor, start: int,
+                                   budget_mb: float, eot_rows_only: bool = False, shared_prefix: int = 0
+                                   ) -> torch.Tensor:
+    """`text_features_from_hidden` in chunks of rows within `budget_mb` (text blocks start.. only).
+    Each chunk keeps the savings: the last block computes the EOT rows only, and the shared prefix
+    is computed once per chunk (from the chunk's first row: every row holds the same prefix)."""
+    with_grad = builds_graph(clip_model, hidden)
+    text = clip_model.transformer
+    plan = text_chunk_plan(hidden.shape[0], hidden.shape[1], text.width, text.layers - start, hidden.element_size(),
+                           budget_mb, with_grad)
+
+    def forward(h: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        return text_features_from_hidden(clip_model, h, eot, start=start, eot_rows_only=eot_rows_only,
+                                         shared_prefix=shared_prefix)
+
+    return chunked_text_forward(forward, (hidden, eot_indices), plan, with_grad)

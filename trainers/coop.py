@@ -46,8 +46,7 @@ class CoOpModel(PromptLearnerModel):
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         learner = self.prompt_learner
-        return self.clip_model.encode_text_embeddings(learner(), learner.eot_indices,
-                                                      shared_prefix=learner.shared_prefix_length(learner.ctx))
+        return self.encode_prompts(learner(), learner.eot_indices, shared_prefix=learner.shared_prefix_length(learner.ctx))
 
 
 @TRAINER_REGISTRY.register()

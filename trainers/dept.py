@@ -46,6 +46,7 @@ from engine.config import CfgNode as CN
 from engine.config import get_cfg_default
 from engine.errors import ConfigValueError, UserError
 from trainers.base import ClipMethod, Features, Loss, MethodModel, StepOutput, staged_param_groups
+from trainers.common import TextActivation
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,9 @@ class DePTModel(MethodModel):
 
     def prepare_training(self) -> None:
         self.host.prepare_training()
+
+    def text_activation(self, batch_size: int) -> TextActivation | None:
+        return self.host.text_activation(batch_size)
 
     # ------------------------------------------------------------------ DePT
     def cat_logits(self, features: Features) -> torch.Tensor:

@@ -22,7 +22,7 @@ from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
 from trainers.base import ClipMethod, MethodModel, staged_param_groups
-from trainers.common import template_for
+from trainers.common import DEFAULT_TEXT_CHUNK_MB, TextActivation, encode_token_ids, template_for, text_activation
 from trainers.prompts import clean_classname
 
 logger = logging.getLogger(__name__)
@@ -89,8 +89,10 @@ class FinetuneModel(MethodModel):
 
     def __init__(self, clip_model: nn.Module, classnames: list[str], template: str,
                  learnable_text: bool = True, learnable_image: bool = True,
-                 unfrozen_stem: frozenset[str] = frozenset(), start_layer: int = 0) -> None:
+                 unfrozen_stem: frozenset[str] = frozenset(), start_layer: int = 0,
+                 text_chunk_mb: float = DEFAULT_TEXT_CHUNK_MB) -> None:
         super().__init__(clip_model)
+        self.text_chunk_mb = text_chunk_mb
         if not (learnable_text or learnable_image):
             raise ConfigValueError(
                 "TRAINER.FINETUNE.LEARNABLE_TEXT and LEARNABLE_IMAGE are both False: nothing to fine-tune. "
@@ -109,7 +111,7 @@ class FinetuneModel(MethodModel):
         self.fixed_text_features = None
         if not learnable_text:  # a frozen text tower is run once
             with torch.no_grad():
-                self.fixed_text_features = clip_model.encode_text(self.tokenized_texts)
+                self.fixed_text_features = encode_token_ids(clip_model, self.tokenized_texts, text_chunk_mb)
 
     def learnable_modules(self) -> dict[str, nn.Module]:
         return {"learnable_params": self.learnable_params}
@@ -136,7 +138,12 @@ class FinetuneModel(MethodModel):
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         if self.fixed_text_features is not None:
             return self.fixed_text_features.to(self.tokenized_texts.device)
-        return self.clip_model.encode_text(self.tokenized_texts)
+        return encode_token_ids(self.clip_model, self.tokenized_texts, self.text_chunk_mb)
+
+    def text_activation(self, batch_size: int) -> TextActivation | None:
+        if self.fixed_text_features is not None:
+            return None
+        return text_activation(self.clip_model, self.tokenized_texts.argmax(dim=-1))
 
 
 def frozen_stem(clip_model: nn.Module) -> dict[str, nn.Module | nn.Parameter]:
@@ -178,7 +185,7 @@ class FinetuneCLIP(ClipMethod):
         ft = self.cfg.TRAINER.FINETUNE
         return FinetuneModel(clip_model, classnames, ft_template_for(self.cfg.DATASET.NAME), ft.LEARNABLE_TEXT,
                              ft.LEARNABLE_IMAGE, frozenset(ft.LEARNABLE_PREFIX_MODULES.split("+")) - {""},
-                             ft.START_LAYER)
+                             ft.START_LAYER, self.text_chunk_mb(self.cfg))
 
     def before_epoch(self) -> None:
         self.epoch_start_time = time.time()

@@ -97,5 +97,6 @@ class KgCoOp(ClipMethod):
         template = KGCOOP_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE)
         logger.info('Hand-crafted prompts for the knowledge guidance: "%s"', template)
         clip_model.to(self.device)  # the frozen text tower runs once here, on the run's device
-        clip_text = text_features_for_templates(clip_model, classnames, [template], self.device)
+        clip_text = text_features_for_templates(clip_model, classnames, [template], self.device,
+                                                self.text_chunk_mb(self.cfg))
         return KgCoOpModel(clip_model, prompt_learner, clip_text, opts.W)

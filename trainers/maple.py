@@ -28,6 +28,7 @@ from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
 from trainers.base import ClipMethod, MethodModel
+from trainers.common import TextActivation, text_activation
 from trainers.prompts import ClassPrompts, Context, initial_context
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,10 @@ class MaPLeModel(MethodModel):
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         learner = self.prompt_learner
-        return self.clip_model.encode_text_embeddings(learner.text_prompts(), learner.eot_indices,
-                                                      layer_prompts=learner.text_layer_prompts())
+        return self.encode_prompts(learner.text_prompts(), learner.eot_indices, learner.text_layer_prompts())
+
+    def text_activation(self, batch_size: int) -> TextActivation | None:
+        return text_activation(self.clip_model, self.prompt_learner.eot_indices)
 
 
 @TRAINER_REGISTRY.register()

@@ -32,7 +32,8 @@ from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
 from trainers.base import ClipMethod, Features, Loss, MethodModel
-from trainers.common import IMAGENET_TEMPLATES, cosine_logits
+from trainers.common import (DEFAULT_TEXT_CHUNK_MB, IMAGENET_TEMPLATES, TextActivation, cosine_logits, encode_token_ids,
+                             text_activation)
 from trainers.prompts import ClassPrompts, clean_classname, leading_token_context
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,12 @@ FROZEN_CHECKPOINT_KEYS = (
 
 @torch.no_grad()
 def mean_template_features(clip_model: nn.Module, classnames: list[str], templates: list[str],
-                           device: torch.device, max_batch: int = 1024) -> torch.Tensor:
+                           device: torch.device, budget_mb: float = DEFAULT_TEXT_CHUNK_MB) -> torch.Tensor:
     """The frozen raw text features [C, D] averaged over the templates, not normalised (the original's
-    `fixed_embeddings`, normalised at use); all prompts in batches of `max_batch`."""
+    `fixed_embeddings`, normalised at use); the T x C prompts in chunks within `budget_mb` (no gradients)."""
     names = [clean_classname(name) for name in classnames]
     tokens = clip.tokenize([template.format(name) for template in templates for name in names]).to(device)
-    features = torch.cat([clip_model.encode_text(chunk) for chunk in tokens.split(max_batch)])
+    features = encode_token_ids(clip_model, tokens, budget_mb)
     return features.view(len(templates), len(names), -1).mean(dim=0)
 
 
@@ -174,7 +175,8 @@ class PromptSRCModel(MethodModel):
             return
         device = self.clip_model.logit_scale.device
         with torch.autocast(device.type, enabled=False):  # the weights' precision (fp32 under amp), not autocast's
-            self.frozen_text = mean_template_features(self.clip_model, self.classnames, IMAGENET_TEMPLATES, device)
+            self.frozen_text = mean_template_features(self.clip_model, self.classnames, IMAGENET_TEMPLATES, device,
+                                                      self.text_chunk_mb)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         vision = self.vl_prompt_learner.image_encoder
@@ -185,8 +187,11 @@ class PromptSRCModel(MethodModel):
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         learner = self.vl_prompt_learner
-        return self.clip_model.encode_text_embeddings(learner.prompt_learner(), learner.prompt_learner.eot_indices,
-                                                      layer_prompts=learner.text_encoder.layer_prompts())
+        return self.encode_prompts(learner.prompt_learner(), learner.prompt_learner.eot_indices,
+                                   learner.text_encoder.layer_prompts())
+
+    def text_activation(self, batch_size: int) -> TextActivation | None:
+        return text_activation(self.clip_model, self.vl_prompt_learner.prompt_learner.eot_indices)
 
     def features(self, images: torch.Tensor, text: torch.Tensor | None = None) -> PromptSRCFeatures:
         base = super().features(images, text)

@@ -29,13 +29,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from clip.model import shared_prefix_length
 from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.data import build_data_loader, build_transform
 from engine.errors import ConfigValueError
 from trainers.base import Loss, MethodModel, StepOutput
-from clip.model import shared_prefix_length
-from trainers.common import cosine_logits, text_features_from_hidden, text_hidden_states
+from trainers.common import (DEFAULT_TEXT_CHUNK_MB, TextActivation, cosine_logits, features_from_hidden_in_chunks,
+                             text_activation, text_hidden_states)
 from trainers.finetune import FinetuneCLIP, FinetuneModel, ft_template_for
 
 logger = logging.getLogger(__name__)
@@ -146,10 +147,11 @@ class SkipModel(FinetuneModel):
 
     trains_on_image_prefix = True
 
-    def __init__(self, clip_model: nn.Module, classnames: list[str], template: str, skip_cfg) -> None:
+    def __init__(self, clip_model: nn.Module, classnames: list[str], template: str, skip_cfg,
+                 text_chunk_mb: float = DEFAULT_TEXT_CHUNK_MB) -> None:
         # The stems and blocks [0:ω] of both towers are always frozen, whatever TRAINER.FINETUNE says.
         super().__init__(clip_model, classnames, template, learnable_text=True, learnable_image=True,
-                         start_layer=skip_cfg.START_LAYER)
+                         start_layer=skip_cfg.START_LAYER, text_chunk_mb=text_chunk_mb)
         self.drop_ratio = skip_cfg.DROP_RATIO
         self.lam = skip_cfg.LAMBDA
         self.num_classes = len(classnames)
@@ -179,7 +181,8 @@ class SkipModel(FinetuneModel):
         self.text_hidden, self.text_eot = hidden, eot
         self.text_prefix = shared_prefix_length(self.tokenized_texts)
         if self.class_prototypes is None:
-            features = text_features_from_hidden(self.clip_model, hidden, eot, start=self.start_layer)
+            features = features_from_hidden_in_chunks(self.clip_model, hidden, eot, self.start_layer,
+                                                      self.text_chunk_mb)
             self.class_prototypes = features / features.norm(dim=-1, keepdim=True)
 
     @torch.no_grad()
@@ -225,10 +228,20 @@ class SkipModel(FinetuneModel):
             selected, labels = select_classes(image_features.detach(), self.class_prototypes, labels, self.keep_mask)
         else:
             selected = torch.arange(self.num_classes, device=labels.device)
-        text_features = text_features_from_hidden(self.clip_model, self.text_hidden[selected], self.text_eot[selected],
-                                                  start=self.start_layer, eot_rows_only=self.rows_only,
-                                                  shared_prefix=self.text_prefix if self.rows_only else 0)
+        text_features = features_from_hidden_in_chunks(self.clip_model, self.text_hidden[selected],
+                                                       self.text_eot[selected], self.start_layer, self.text_chunk_mb,
+                                                       eot_rows_only=self.rows_only,
+                                                       shared_prefix=self.text_prefix if self.rows_only else 0)
         return cosine_logits(image_features, text_features, self.clip_model.logit_scale), labels, selected
+
+    def text_activation(self, batch_size: int) -> TextActivation | None:
+        """Text blocks ω.. on the step's classes (at most the kept ranks plus the batch's labels)."""
+        prompts = self.num_classes
+        if self.skip_classes and self.keep_mask is not None:
+            prompts = min(self.num_classes, int(self.keep_mask.sum()) + batch_size)
+        eot = self.tokenized_texts.argmax(dim=-1)
+        return text_activation(self.clip_model, eot, prompts=prompts,
+                               blocks=self.clip_model.transformer.layers - self.start_layer)
 
     def training_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         """A step on cached states entering block ω (not on images), over the CSkip class subset."""
@@ -296,7 +309,8 @@ class SkipTuning(FinetuneCLIP):
         start = self.cfg.TRAINER.SKIP.START_LAYER
         if not 0 <= start <= layers:
             raise ConfigValueError(f"TRAINER.SKIP.START_LAYER={start} is outside 0..{layers} (the encoders' block count).")
-        return SkipModel(clip_model, classnames, ft_template_for(self.cfg.DATASET.NAME), self.cfg.TRAINER.SKIP)
+        return SkipModel(clip_model, classnames, ft_template_for(self.cfg.DATASET.NAME), self.cfg.TRAINER.SKIP,
+                         self.text_chunk_mb(self.cfg))
 
     # ------------------------------------------------------------------ caches
     @torch.no_grad()

@@ -161,7 +161,8 @@ class TaskRes(ClipMethod):
             weights = load_text_projection(path, clip_model, self.cfg.MODEL.BACKBONE.NAME)
             projection = swapped_text_projection(clip_model, weights.to(self.device))
         with projection:
-            base = mean_text_features(clip_model, classnames, templates, self.device, clean_names=False)
+            base = mean_text_features(clip_model, classnames, templates, self.device, clean_names=False,
+                                      budget_mb=self.text_chunk_mb(self.cfg))
         # The original casts the whole model to fp32 after computing the base (fp16: only the base was fp16).
         clip_model.float()
         logger.info("Residual scale (alpha): %s", opts.RESIDUAL_SCALE)

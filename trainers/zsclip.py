@@ -60,7 +60,8 @@ class ZeroshotCLIP(ClipMethod):
         templates = self.templates()
         logger.info("Prompt templates: %s", templates)
         clip_model.to(self.device)
-        text_features = text_features_for_templates(clip_model, classnames, templates, self.device)
+        text_features = text_features_for_templates(clip_model, classnames, templates, self.device,
+                                                    self.text_chunk_mb(self.cfg))
         return ZeroshotModel(clip_model, text_features)
 
 

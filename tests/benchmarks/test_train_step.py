@@ -168,3 +168,15 @@ def test_command_line_mistakes_end_in_one_message(argv, message):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1 and re.search(message, proc.stderr)
+
+
+def test_the_text_budget_flag_sets_the_config_key(tmp_path):
+    """--text-chunk-mb reaches TRAIN.TEXT_CHUNK_MB and the model's text budget; without it the config's default."""
+    args = train_step.build_parser().parse_args(["--trainer", "CoOp", "--text-chunk-mb", "3", *TINY])
+    default = train_step.build_parser().parse_args(["--trainer", "CoOp", *TINY])
+    clip_path = str(tmp_path / "clip.pt")
+    train_step.write_random_clip(clip_path, "tiny", 32)
+    for parsed, budget in ((args, 3), (default, 8192)):
+        run = train_step.run_args(parsed, train_step.planned_runs(["CoOp"], "exact", [8], None, "cpu")[0])
+        trainer = train_step.build("CoOp", run, clip_path, str(tmp_path / f"out{budget}"))
+        assert trainer.cfg.TRAIN.TEXT_CHUNK_MB == budget and trainer.model.text_chunk_mb == budget

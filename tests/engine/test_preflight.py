@@ -220,23 +220,65 @@ def test_the_memory_limit_lowers_the_device_capacity_and_never_raises_it(monkeyp
     assert memory_capacity(cpu, 4000) == MemoryCapacity(1000.0, "device")
 
 
-def test_cocoop_suggests_the_text_chunk_that_would_fit(caltech_root, tiny_clip_path, tmp_path):
+# (trainer, recipe, options, the budget key the advice names, prompts per step of B images on 6 classes)
+TEXT_CHUNK_RUNS = {
+    "CoCoOp": ("CoCoOp", ("CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1.yaml"), ("TRAINER.COCOOP.PREC", "fp32"),
+               "TRAIN.TEXT_CHUNK_MB", BATCH * 6),
+    "CoCoOp, own key": ("CoCoOp", ("CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1.yaml"),
+                        ("TRAINER.COCOOP.PREC", "fp32", "TRAINER.COCOOP.TEXT_CHUNK_MB", "8192"),
+                        "TRAINER.COCOOP.TEXT_CHUNK_MB", BATCH * 6),
+    "CoOp": ("CoOp", ("CoOp", "vit_b16_ep50.yaml"), ("TRAINER.COOP.PREC", "fp32"), "TRAIN.TEXT_CHUNK_MB", 6),
+    "FinetuneCLIP": ("FinetuneCLIP", ("FinetuneCLIP", "vit_b16_ep10_bs4.yaml"), ("TRAINER.PREC", "fp32"),
+                     "TRAIN.TEXT_CHUNK_MB", 6),
+}
+
+
+@pytest.mark.parametrize("run", list(TEXT_CHUNK_RUNS))
+def test_a_method_with_a_trained_text_forward_suggests_the_text_chunk_that_would_fit(run, caltech_root,
+                                                                                      tiny_clip_path, tmp_path,
+                                                                                      monkeypatch):
+    import train
+    import trainers.common
+    from engine import build_trainer
+
+    # The tiny CLIP's text activations are below a megabyte, the key's unit: scale the estimate up.
+    monkeypatch.setattr(trainers.common, "TEXT_ACTIVATION_FACTOR", 256 * trainers.common.TEXT_ACTIVATION_FACTOR)
+
+    trainer_name, recipe, opts, key, prompts = TEXT_CHUNK_RUNS[run]
+    argv = [
+        "--root", str(caltech_root), "--seed", "1", "--trainer", trainer_name,
+        "--dataset-config-file", config_path("datasets", "caltech101.yaml"),
+        "--config-file", config_path("trainers", *recipe),
+        "--output-dir", str(tmp_path / "run"), "MODEL.BACKBONE.NAME", str(tiny_clip_path), "INPUT.SIZE", "(32, 32)",
+        "DATALOADER.NUM_WORKERS", "0", *opts,
+    ]
+    trainer = build_trainer(train.setup_cfg(train.build_parser().parse_args(argv)))
+    activation = trainer.model.text_activation(BATCH)
+    assert activation.prompts == prompts
+    in_use = activation.total_mb  # every prompt of the step in one chunk under the default 8192 MB
+    advice = trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=in_use / 4))
+    assert advice.startswith(f"Or set {key} {math.floor(in_use - in_use / 4)} (now 8192;")
+    assert trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=in_use)) is None  # chunks cannot
+    assert activation.per_prompt_mb >= 1.0  # so the suggestions below are whole megabytes that save enough
+    # After an out-of-memory error (excess unknown): half of what is in use, as a first try.
+    oom = trainer.memory_advice(MemoryShortfall(None, 500.0, BATCH, excess_mb=None))
+    assert oom.startswith(f"Or set {key} {math.floor(in_use / 2)} ")
+
+
+def test_a_method_without_a_trained_text_forward_has_no_text_advice(caltech_root, tiny_clip_path, tmp_path):
     import train
     from engine import build_trainer
 
     argv = [
-        "--root", str(caltech_root), "--seed", "1", "--trainer", "CoCoOp",
+        "--root", str(caltech_root), "--trainer", "FinetuneCLIP", "--output-dir", str(tmp_path / "run"),
         "--dataset-config-file", config_path("datasets", "caltech101.yaml"),
-        "--config-file", config_path("trainers", "CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1.yaml"),
-        "--output-dir", str(tmp_path / "run"), "MODEL.BACKBONE.NAME", str(tiny_clip_path), "INPUT.SIZE", "(32, 32)",
-        "DATALOADER.NUM_WORKERS", "0", "TRAINER.COCOOP.PREC", "fp32",
+        "--config-file", config_path("trainers", "FinetuneCLIP", "vit_b16_ep10_bs4.yaml"),
+        "MODEL.BACKBONE.NAME", str(tiny_clip_path), "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
+        "TRAINER.PREC", "fp32", "TRAINER.FINETUNE.LEARNABLE_TEXT", "False",  # fixed class features, computed once
     ]
     trainer = build_trainer(train.setup_cfg(train.build_parser().parse_args(argv)))
-    per_prompt = trainer.model.prompt_activation_mb()
-    in_use = per_prompt * BATCH * 6  # 6 classes: all B x C prompts in one chunk under the default 8192 MB
-    advice = trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=in_use / 4))
-    assert advice.startswith(f"Or set TRAINER.COCOOP.TEXT_CHUNK_MB {math.floor(in_use - in_use / 4)} (now 8192;")
-    assert trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=in_use)) is None  # chunks cannot
+    assert trainer.model.text_activation(BATCH) is None
+    assert trainer.memory_advice(MemoryShortfall(1000.0, 500.0, BATCH, excess_mb=10.0)) is None
 
 
 def test_an_evaluation_batch_over_the_memory_is_a_warning_with_the_test_batch_that_fits():
