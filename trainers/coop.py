@@ -45,8 +45,11 @@ class CoOpModel(PromptLearnerModel):
     frozen_image_features = True  # CLIP's image tower is frozen and takes no prompt
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        learner = self.prompt_learner
-        return self.encode_prompts(learner(), learner.eot_indices, shared_prefix=learner.shared_prefix_length(learner.ctx))
+        return self.encode_prompts(self.prompt_learner(), self.prompt_learner.eot_indices,
+                                   shared_prefix=self.text_shared_prefix())
+
+    def text_shared_prefix(self) -> int:
+        return self.prompt_learner.shared_prefix_length(self.prompt_learner.ctx)  # SOS + a shared context
 
 
 @TRAINER_REGISTRY.register()

@@ -22,13 +22,14 @@ import torch
 
 import clip
 import train
+from clip.model import shared_prefix_length
 from engine import build_trainer
 from engine.errors import ConfigValueError
 from tests.conftest import config_path
 from tests.tolerances import clip_text_relative_atol, cosine_logit_atol, fp32_atol
 from trainers.base import ClipMethod, MethodModel
 from trainers.cocoop import CoCoOp
-from trainers.common import encode_token_ids, text_activation, text_features_for_templates
+from trainers.common import encode_token_ids, text_activation, text_features_for_templates, text_length
 from trainers.coop import CoOp, CoOpModel, PromptLearner
 from trainers.finetune import FinetuneModel
 from trainers.kgcoop import KgCoOpModel
@@ -168,12 +169,20 @@ def test_evaluation_features_chunk_by_the_no_gradient_estimate(method, tiny_clip
     assert (chunked - whole).abs().max() <= clip_text_relative_atol(clip_model) * whole.abs().max()
 
 
+def planner_row_mb(clip_model, tokens: torch.Tensor) -> float:
+    """The planner's no-gradient estimate of one row of `tokens`: cut after the last EOT, without the
+    shared start that `CLIP.encode_text` computes once (fp32)."""
+    eot = tokens.argmax(dim=-1)
+    length = text_length(clip_model, eot) - shared_prefix_length(tokens)
+    return text_activation(clip_model, eot, length=length).per_prompt_mb / clip_model.transformer.layers
+
+
 def test_frozen_template_features_are_chunked_and_equal(tiny_clip_path, monkeypatch):
     """Zero-shot classifiers and PromptSRC's 60-template teacher: the same features in chunks."""
     clip_model = fresh_clip(tiny_clip_path)
     clip_model.requires_grad_(False)
     tokens = clip.tokenize([f"a photo of a {clean_classname(name)}." for name in CLASSNAMES])
-    one_prompt_mb = text_activation(clip_model, tokens.argmax(dim=-1)).per_prompt_mb / clip_model.transformer.layers
+    one_prompt_mb = planner_row_mb(clip_model, tokens)
     calls = counting_text_calls(monkeypatch, clip_model, "CoOp")
     whole = encode_token_ids(clip_model, tokens, BIG_BUDGET_MB)
     chunked = encode_token_ids(clip_model, tokens, 4.5 * one_prompt_mb)
@@ -184,8 +193,10 @@ def test_frozen_template_features_are_chunked_and_equal(tiny_clip_path, monkeypa
     templates = ["a photo of a {}.", "a sketch of the {}.", "art of the {}."]
     calls.clear()
     teacher = mean_template_features(clip_model, CLASSNAMES, templates, CPU, BIG_BUDGET_MB)
-    teacher_chunked = mean_template_features(clip_model, CLASSNAMES, templates, CPU, 7.5 * one_prompt_mb)
-    assert calls == [18, 6, 6, 6]  # 7 fit (the templates' prompts are no longer than the ones measured): 3 chunks
+    all_tokens = clip.tokenize([t.format(clean_classname(name)) for t in templates for name in CLASSNAMES])
+    teacher_chunked = mean_template_features(clip_model, CLASSNAMES, templates, CPU,
+                                             7.5 * planner_row_mb(clip_model, all_tokens))
+    assert calls == [18, 6, 6, 6]  # 7 fit: 3 chunks
     # A mean of 3 feature sets, each within the bound: within it too (plus the mean's own 3-term sum).
     assert (teacher_chunked - teacher).abs().max() <= (bound + fp32_atol(1.0, 3)) * teacher.abs().max()
     ensemble = text_features_for_templates(clip_model, CLASSNAMES, templates, CPU, BIG_BUDGET_MB)
