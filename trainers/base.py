@@ -51,7 +51,7 @@ from engine.optim import build_lr_scheduler, build_optimizer
 from engine.preflight import MemoryShortfall
 from trainers.common import (DEFAULT_TEXT_CHUNK_MB, PRECISIONS, TextActivation, autocast_context, autocast_enabled,
                              cosine_logits, encode_prompt_embeddings, load_clip, make_grad_scaler,
-                             text_activation, text_length, unshared_prefix_saving)
+                             text_activation)
 from trainers.feature_cache import FrozenFeatureCacheMixin
 
 __all__ = ["ClipMethod", "Features", "Loss", "MethodModel", "PromptLearnerModel", "StepOutput", "staged_param_groups"]
@@ -236,8 +236,7 @@ class PromptLearnerModel(MethodModel):
         if eot is None:  # no prompts through the text tower (TaskRes's residual)
             return None
         per_step = batch_size if self.text_depends_on_image else 1  # CoCoOp: every image has its C prompts
-        length = text_length(self.clip_model, eot) - unshared_prefix_saving(self.clip_model, self.text_shared_prefix())
-        return text_activation(self.clip_model, eot, prompts=len(eot) * per_step, length=length)
+        return text_activation(self.clip_model, eot, prompts=len(eot) * per_step, shared_prefix=self.text_shared_prefix())
 
     def text_shared_prefix(self) -> int:
         """Leading prompt tokens that are the same tensors in every class (computed once; see

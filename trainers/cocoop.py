@@ -23,7 +23,7 @@ import torch.nn as nn
 from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from trainers.base import ClipMethod, MethodModel, PromptLearnerModel
-from trainers.common import DEFAULT_TEXT_CHUNK_MB, text_activation
+from trainers.common import DEFAULT_TEXT_CHUNK_MB
 from trainers.prompts import ClassPrompts, initial_context
 
 logger = logging.getLogger(__name__)
@@ -76,10 +76,6 @@ class CoCoOpModel(PromptLearnerModel):
         batch, n_cls = prompts.shape[:2]
         eot_indices = self.prompt_learner.eot_indices.repeat(batch)
         return self.encode_prompts(prompts.flatten(0, 1), eot_indices).view(batch, n_cls, -1)
-
-    def prompt_activation_mb(self) -> float:
-        """The chunk planner's activation estimate of one prompt with gradients (`text_chunk_plan`)."""
-        return text_activation(self.clip_model, self.prompt_learner.eot_indices).per_prompt_mb
 
 
 @TRAINER_REGISTRY.register()

@@ -269,28 +269,25 @@ class TextActivation:
         return self.prompts * self.per_prompt_mb
 
 
-def text_length(clip_model: nn.Module, eot_indices: torch.Tensor) -> int:
-    """Tokens per row the text tower runs on: cut after the last EOT in fp32, the full context otherwise
-    (as `CLIP.encode_text_embeddings` does)."""
-    return int(eot_indices.max()) + 1 if clip_model.dtype == torch.float32 else clip_model.context_length
+def text_length(clip_model: nn.Module, eot_indices: torch.Tensor, shared_prefix: int = 0,
+                layer_prompts: Mapping[int, torch.Tensor] | None = None) -> int:
+    """Tokens per row the text tower holds activations of, as `CLIP.encode_text_embeddings` runs it:
+    cut after the last EOT in fp32 (the full context otherwise), less a `shared_prefix` computed once
+    (fp32, without deep prompts)."""
+    if clip_model.dtype != torch.float32:
+        return clip_model.context_length
+    return int(eot_indices.max()) + 1 - (0 if layer_prompts else shared_prefix)
 
 
 def text_activation(clip_model: nn.Module, eot_indices: torch.Tensor, prompts: int | None = None,
-                    blocks: int | None = None, length: int | None = None) -> TextActivation:
+                    blocks: int | None = None, shared_prefix: int = 0) -> TextActivation:
     """The with-gradient estimate of `prompts` rows (default: one per EOT index) through `blocks` text
-    blocks (default: all) of `length` tokens (default: `text_length`)."""
+    blocks (default: all) of `text_length` tokens."""
     text = clip_model.transformer
     itemsize = torch.empty((), dtype=clip_model.dtype).element_size()
-    length = text_length(clip_model, eot_indices) if length is None else length
+    length = text_length(clip_model, eot_indices, shared_prefix)
     per_prompt = prompt_activation_bytes(length, text.width, text.layers if blocks is None else blocks, itemsize, True)
     return TextActivation(len(eot_indices) if prompts is None else prompts, per_prompt / 2**20)
-
-
-def unshared_prefix_saving(clip_model: nn.Module, shared_prefix: int,
-                           layer_prompts: Mapping[int, torch.Tensor] | None = None) -> int:
-    """Tokens per row the planner need not count: a shared prefix is computed once per chunk (fp32,
-    without deep prompts: `CLIP.encode_text_embeddings`), so a row holds activations of the rest only."""
-    return shared_prefix if clip_model.dtype == torch.float32 and not layer_prompts else 0
 
 
 def builds_graph(clip_model: nn.Module, *tensors: torch.Tensor | None) -> bool:
@@ -340,7 +337,7 @@ def encode_prompt_embeddings(clip_model: nn.Module, prompts: torch.Tensor, eot_i
     prompts_list = list(layer_prompts.values()) if layer_prompts else []
     with_grad = builds_graph(clip_model, prompts, *prompts_list)
     text = clip_model.transformer
-    length = text_length(clip_model, eot_indices) - unshared_prefix_saving(clip_model, shared_prefix, layer_prompts)
+    length = text_length(clip_model, eot_indices, shared_prefix, layer_prompts)
     plan = text_chunk_plan(prompts.shape[0], length, text.width, text.layers, prompts.element_size(), budget_mb,
                            with_grad)
 
@@ -356,8 +353,7 @@ def encode_token_ids(clip_model: nn.Module, tokens: torch.Tensor, budget_mb: flo
     with_grad = builds_graph(clip_model)
     text = clip_model.transformer
     itemsize = torch.empty((), dtype=clip_model.dtype).element_size()
-    length = (text_length(clip_model, tokens.argmax(dim=-1))
-              - unshared_prefix_saving(clip_model, shared_prefix_length(tokens)))  # encode_text shares it
+    length = text_length(clip_model, tokens.argmax(dim=-1), shared_prefix_length(tokens))  # encode_text shares it
     plan = text_chunk_plan(tokens.shape[0], length, text.width, text.layers, itemsize, budget_mb, with_grad)
     return chunked_text_forward(clip_model.encode_text, (tokens,), plan, with_grad)
 

@@ -23,8 +23,7 @@ from engine import TRAINER_REGISTRY
 from engine.config import CfgNode as CN
 from engine.errors import ConfigValueError
 from trainers.base import ClipMethod, MethodModel, staged_param_groups
-from trainers.common import (DEFAULT_TEXT_CHUNK_MB, TextActivation, encode_token_ids, template_for, text_activation,
-                             text_length, unshared_prefix_saving)
+from trainers.common import DEFAULT_TEXT_CHUNK_MB, TextActivation, encode_token_ids, template_for, text_activation
 from trainers.prompts import clean_classname
 
 logger = logging.getLogger(__name__)
@@ -145,9 +144,8 @@ class FinetuneModel(MethodModel):
     def text_activation(self, batch_size: int) -> TextActivation | None:
         if self.fixed_text_features is not None:
             return None
-        eot, shared = self.tokenized_texts.argmax(dim=-1), shared_prefix_length(self.tokenized_texts)
-        length = text_length(self.clip_model, eot) - unshared_prefix_saving(self.clip_model, shared)
-        return text_activation(self.clip_model, eot, length=length)
+        return text_activation(self.clip_model, self.tokenized_texts.argmax(dim=-1),
+                               shared_prefix=shared_prefix_length(self.tokenized_texts))
 
 
 def frozen_stem(clip_model: nn.Module) -> dict[str, nn.Module | nn.Parameter]:

@@ -29,7 +29,7 @@ from tests.conftest import config_path
 from tests.tolerances import clip_text_relative_atol, cosine_logit_atol, fp32_atol
 from trainers.base import ClipMethod, MethodModel
 from trainers.cocoop import CoCoOp
-from trainers.common import encode_token_ids, text_activation, text_features_for_templates, text_length
+from trainers.common import encode_token_ids, text_activation, text_features_for_templates
 from trainers.coop import CoOp, CoOpModel, PromptLearner
 from trainers.finetune import FinetuneModel
 from trainers.kgcoop import KgCoOpModel
@@ -173,8 +173,8 @@ def planner_row_mb(clip_model, tokens: torch.Tensor) -> float:
     """The planner's no-gradient estimate of one row of `tokens`: cut after the last EOT, without the
     shared start that `CLIP.encode_text` computes once (fp32)."""
     eot = tokens.argmax(dim=-1)
-    length = text_length(clip_model, eot) - shared_prefix_length(tokens)
-    return text_activation(clip_model, eot, length=length).per_prompt_mb / clip_model.transformer.layers
+    return text_activation(clip_model, eot, shared_prefix=shared_prefix_length(tokens)).per_prompt_mb \
+        / clip_model.transformer.layers
 
 
 def test_frozen_template_features_are_chunked_and_equal(tiny_clip_path, monkeypatch):
