@@ -178,6 +178,10 @@ def _build_defaults() -> CfgNode:
     # Not Dassl's: "epoch" steps the schedule after each epoch (Dassl); "iteration" after every
     # batch, with MAX_EPOCH, STEPSIZE and WARMUP_EPOCH counted in iterations (DyT's recipe).
     _C.OPTIM.LR_STEP_UNIT = "epoch"
+    # Not Dassl's: apply the update during backward, bucket by bucket, and free those gradients at
+    # once (engine.optim.UpdateInBackward; exact). "auto": when the trained parameters' gradients
+    # take at least 64 MB (a trained tower), where holding them all costs memory; "always"; "never".
+    _C.OPTIM.UPDATE_IN_BACKWARD = "auto"
 
     _C.TRAIN = CN()
     _C.TRAIN.CHECKPOINT_FREQ = 0  # <= 0: save only the last epoch

@@ -11,9 +11,11 @@ resume would leave the live optimizer's LR frozen). Legacy Dassl state dicts are
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -27,6 +29,9 @@ __all__ = [
     "build_lr_scheduler",
     "ConstantWarmupScheduler",
     "LinearWarmupScheduler",
+    "UpdateInBackward",
+    "build_update_in_backward",
+    "check_update_in_backward",
 ]
 
 logger = logging.getLogger(__name__)
@@ -312,3 +317,141 @@ def _build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any, scale: in
         else:
             raise ConfigValueError(f"Unknown OPTIM.WARMUP_TYPE={optim_cfg.WARMUP_TYPE!r}; expected 'constant' or 'linear'.")
     return scheduler
+
+
+UPDATE_IN_BACKWARD_CHOICES = ("auto", "always", "never")
+AUTO_UPDATE_IN_BACKWARD_MB = 64.0  # below this, the gradients freed early save little
+
+
+def check_update_in_backward(optim_cfg: Any) -> None:
+    choice = optim_cfg.UPDATE_IN_BACKWARD
+    if choice not in UPDATE_IN_BACKWARD_CHOICES:
+        raise ConfigValueError(
+            f"OPTIM.UPDATE_IN_BACKWARD={choice!r}; expected one of {list(UPDATE_IN_BACKWARD_CHOICES)}.")
+
+
+def build_update_in_backward(optimizer: torch.optim.Optimizer | None, optim_cfg: Any) -> "UpdateInBackward | None":
+    """``OPTIM.UPDATE_IN_BACKWARD``'s choice for this optimizer (None: update after backward)."""
+    check_update_in_backward(optim_cfg)
+    choice = optim_cfg.UPDATE_IN_BACKWARD
+    if optimizer is None or choice == "never":
+        return None
+    update = UpdateInBackward(optimizer)
+    if choice == "auto" and update.gradient_mb < AUTO_UPDATE_IN_BACKWARD_MB:
+        update.remove()
+        return None
+    return update
+
+
+class UpdateInBackward:
+    """Applies `optimizer`'s update to its parameters during backward, bucket by bucket, and frees each
+    bucket's gradients at once, so a step never holds every gradient (hundreds of MB when a whole
+    tower is trained) at the same time.
+
+    A bucket is a run of consecutive parameters of one param group, up to `bucket_mb` of gradients
+    (the backward pass finishes them close together); it is updated by an optimizer of the run's
+    class over just those parameters, with the group's hyperparameters copied in before every
+    backward (so LR schedules apply) and the run's optimizer's own state (so checkpoints and resumes
+    are unchanged). Exact: every optimizer here updates each element from its own gradient and state
+    only, with the same kernel whichever parameters it is given. The run's `optimizer.step()` after
+    backward then finds no gradient left and changes nothing. Only while `armed()`: a backward outside
+    the optimisation step (a test, a probe) keeps its gradients."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, bucket_mb: float = 32.0) -> None:
+        self.optimizer = optimizer
+        self.buckets: list[_GradientBucket] = []
+        self._armed = False
+        self._hooks = []
+        for index, group in enumerate(optimizer.param_groups):
+            for params in _consecutive_runs([p for p in group["params"] if p.requires_grad], bucket_mb):
+                self.buckets.append(_GradientBucket(_optimizer_like(optimizer, params), index, params))
+        for bucket in self.buckets:
+            for param in bucket.params:
+                self._hooks.append(param.register_post_accumulate_grad_hook(self._gradient_ready(bucket)))
+
+    def remove(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    @property
+    def gradient_mb(self) -> float:
+        return sum(bucket.gradient_mb for bucket in self.buckets)
+
+    def _gradient_ready(self, bucket: "_GradientBucket"):
+        def hook(param: torch.Tensor) -> None:
+            if self._armed:
+                bucket.gradient_ready(param)
+        return hook
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        """The backward run inside updates the parameters; buckets some of whose parameters got no
+        gradient (unused this step) are updated at the end with the gradients they have."""
+        for bucket in self.buckets:
+            bucket.prepare(self.optimizer)
+        self._armed = True
+        try:
+            yield
+            for bucket in self.buckets:
+                bucket.flush()
+        finally:
+            self._armed = False
+
+
+class _GradientBucket:
+    """Parameters updated together as soon as all their gradients are accumulated."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, group_index: int, params: list[nn.Parameter]) -> None:
+        self.optimizer = optimizer
+        self.group_index = group_index
+        self.params = params
+        self.gradient_mb = sum(p.numel() * p.element_size() for p in params) / 2**20
+        self.ready: set[int] = set()
+        self.updated = False
+
+    def prepare(self, run_optimizer: torch.optim.Optimizer) -> None:
+        # Looked up at every step: loading a resume point replaces the run's state and group dicts.
+        self.optimizer.state = run_optimizer.state
+        group = run_optimizer.param_groups[self.group_index]
+        self.optimizer.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
+        self.ready.clear()
+        self.updated = False
+
+    def gradient_ready(self, param: torch.Tensor) -> None:
+        if self.updated or id(param) in self.ready:
+            # A second accumulation into an updated parameter (e.g. a reentrant checkpoint's separate
+            # backward) would be applied without the first: stop rather than train on it.
+            raise RuntimeError("A gradient was accumulated twice in one backward pass; set "
+                               "OPTIM.UPDATE_IN_BACKWARD never for this method.")
+        self.ready.add(id(param))
+        if len(self.ready) == len(self.params):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.updated:
+            return
+        self.optimizer.step()  # parameters without a gradient are skipped, as by the run's optimizer
+        for param in self.params:
+            param.grad = None
+        self.updated = True
+
+
+def _consecutive_runs(params: list[nn.Parameter], bucket_mb: float) -> list[list[nn.Parameter]]:
+    runs: list[list[nn.Parameter]] = []
+    size = 0.0
+    for param in params:
+        mb = param.numel() * param.element_size() / 2**20
+        if not runs or size + mb > bucket_mb:
+            runs.append([])
+            size = 0.0
+        runs[-1].append(param)
+        size += mb
+    return runs
+
+
+def _optimizer_like(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """An optimizer of `optimizer`'s class and settings over `params` (the group's hyperparameters are
+    copied in before each use)."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    return type(optimizer)(params, **{k: v for k, v in optimizer.defaults.items() if k in accepted})

@@ -11,6 +11,7 @@ every run writes `results.json` (accuracy and cost) and optionally `predictions.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fnmatch
 import logging
@@ -47,7 +48,7 @@ from engine.layout import (
 from engine.data import DataManager
 from engine.errors import ConfigValueError, MissingFileError, UserError
 from engine.evaluation import build_evaluator
-from engine.optim import lr_step_unit
+from engine.optim import UpdateInBackward, build_update_in_backward, check_update_in_backward, lr_step_unit
 from engine.registry import Registry
 from engine.utils import (
     AverageMeter,
@@ -116,6 +117,8 @@ class TrainerBase:
         self._models: "OrderedDict[str, nn.Module]" = OrderedDict()
         self._optims: "OrderedDict[str, Any]" = OrderedDict()
         self._scheds: "OrderedDict[str, Any]" = OrderedDict()
+        # Optimizers whose update runs during backward (engine.optim.UpdateInBackward), by model name.
+        self._updates_in_backward: dict[str, UpdateInBackward] = {}
         self._writer = None
         # fnmatch patterns of saved keys a trainer rebuilds itself (CoOp's class-name buffers) or that
         # do not apply to the current classes: not loaded, and not required.
@@ -386,8 +389,12 @@ class TrainerBase:
 
     def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
         self.model_zero_grad(names)
-        self.model_backward(loss)
-        self.model_update(names)
+        with contextlib.ExitStack() as armed:
+            for name in self.get_model_names(names):
+                if name in self._updates_in_backward:
+                    armed.enter_context(self._updates_in_backward[name].armed())
+            self.model_backward(loss)
+        self.model_update(names)  # finds no gradient left where the update ran in backward
 
     # ----------------------------------------------------------------- loop
     def train(self, start_epoch: int, max_epoch: int) -> None:
@@ -460,6 +467,7 @@ class SimpleTrainer(TrainerBase):
             torch.cuda.reset_peak_memory_stats(self.device)
         self.build_data_loader()
         self.build_model()
+        self.attach_updates_in_backward()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, keep_outputs=True)
         self.best_result = -np.inf
 
@@ -468,6 +476,20 @@ class SimpleTrainer(TrainerBase):
         """Trainer-specific checks of the config, run before anything is built (and by `train.py --check`).
 
         Raise a `engine.errors.UserError` (e.g. `ConfigValueError`) naming the key and the fix."""
+        check_update_in_backward(cfg.OPTIM)
+
+    def attach_updates_in_backward(self) -> None:
+        """OPTIM.UPDATE_IN_BACKWARD for each registered optimizer; not under a GradScaler, whose step
+        needs every gradient (unscaled and checked for inf) before any update."""
+        if getattr(self, "scaler", None) is not None:
+            return
+        for name, optim in self._optims.items():
+            update = build_update_in_backward(optim, self.cfg.OPTIM)
+            if update is not None:
+                self._updates_in_backward[name] = update
+                logger.info("The optimizer updates %s's parameters during backward (%d buckets, %.0f MB of "
+                            "gradients never held at once; OPTIM.UPDATE_IN_BACKWARD)", name, len(update.buckets),
+                            update.gradient_mb)
 
     @classmethod
     def adjust_cfg(cls, cfg) -> None:

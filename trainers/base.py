@@ -289,6 +289,7 @@ class ClipMethod(FrozenFeatureCacheMixin, TrainerX):
 
     @classmethod
     def check_cfg(cls, cfg) -> None:
+        super().check_cfg(cfg)
         prec = cls.precision(cfg)
         if prec not in PRECISIONS:
             raise ConfigValueError(f"{cls.precision_key} must be one of {PRECISIONS}, got '{prec}'")

@@ -48,7 +48,7 @@ from engine.checkpoint import UnsafeCheckpointError
 from engine.config import CfgNode as CN
 from engine.data.transforms import build_transform
 from engine.errors import ConfigValueError, MissingFileError
-from engine.optim import build_optimizer
+from engine.optim import build_optimizer, check_update_in_backward
 from trainers.backbones import build_timm_vit, explicit_attention, timm_preprocess_cfg
 from trainers.base import ClipMethod, Loss, StepOutput
 from trainers.common import autocast_context, make_grad_scaler
@@ -452,6 +452,7 @@ class DyT(ClipMethod):
 
     @classmethod
     def check_cfg(cls, cfg) -> None:
+        check_update_in_backward(cfg.OPTIM)
         d = cfg.TRAINER.DYT
         if d.PREC not in ("amp", "fp32"):
             raise ConfigValueError(f"TRAINER.DYT.PREC must be 'amp' (fp16 autocast on CUDA, as the original) or "

@@ -177,6 +177,10 @@ def test_save_then_load_gives_identical_logits_and_new_classes_load(name, data_r
 @pytest.mark.parametrize("name", TRAINED)
 def test_a_run_stopped_after_its_first_epoch_resumes_bit_identically(name, data_root, backbones, tmp_path,
                                                                      monkeypatch, trained_runs):
+    """The stopped and resumed run also updates its parameters during backward
+    (OPTIM.UPDATE_IN_BACKWARD always), where the uninterrupted one updates after backward (auto: these
+    gradients are small): the same bits at the end show both that the resume point restores
+    everything and that the update in backward is the step after backward, for every method."""
     from engine.trainer import SimpleTrainer
 
     full = trained_runs(name)
@@ -188,11 +192,12 @@ def test_a_run_stopped_after_its_first_epoch_resumes_bit_identically(name, data_
             raise KeyboardInterrupt
 
     monkeypatch.setattr(SimpleTrainer, "after_epoch", stop_after_first_epoch)
+    in_backward = ("OPTIM.UPDATE_IN_BACKWARD", "always")
     with pytest.raises(KeyboardInterrupt):
-        run_train(argv(name, data_root, backbones, tmp_path))
+        run_train(argv(name, data_root, backbones, tmp_path, *in_backward))
     monkeypatch.setattr(SimpleTrainer, "after_epoch", original_after_epoch)
     assert (tmp_path / "resume.pth.tar").is_file()
-    run_train(argv(name, data_root, backbones, tmp_path))
+    run_train(argv(name, data_root, backbones, tmp_path, *in_backward))
     folders = sorted(p.name for p in full.iterdir() if (p / "model.pth.tar-2").is_file())
     assert folders and folders == sorted(p.name for p in tmp_path.iterdir() if (p / "model.pth.tar-2").is_file())
     for module_name in folders:

@@ -74,3 +74,26 @@ def test_training_saves_the_original_layout_and_reloads_to_identical_logits(calt
     assert np.array_equal(trained, np.load(tmp_path / "eval" / "predictions.npz")["logits"])
     with pytest.raises(FileNotFoundError, match="load-epoch"):
         run_train(ft_argv(caltech_root, tiny_clip_path, tmp_path / "e2", flags=("--eval-only", "--model-dir", str(out), "--load-epoch", "7")))
+
+
+def test_the_update_in_backward_trains_to_the_same_bits(caltech_root, tiny_clip_path, tmp_path):
+    """OPTIM.UPDATE_IN_BACKWARD always (the default choice for ViT-B towers, whose gradients take
+    hundreds of MB) against never, through the engine's optimisation step: the same parameters and
+    momentum after two steps, bit for bit."""
+    trainers = {choice: build_trainer_from(ft_argv(caltech_root, tiny_clip_path, tmp_path / choice, "OPTIM.LR", "0.01",
+                                                   "OPTIM.UPDATE_IN_BACKWARD", choice))
+                for choice in ("always", "never")}
+    assert trainers["always"]._updates_in_backward and not trainers["never"]._updates_in_backward
+    batches = [next(iter(trainers["never"].train_loader_x)) for _ in range(2)]
+    for trainer in trainers.values():
+        trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 99
+        trainer.set_model_mode("train")
+        for batch in batches:
+            trainer.forward_backward(batch)
+    params = {choice: dict(t.model.clip_model.named_parameters()) for choice, t in trainers.items()}
+    for name, param in params["never"].items():
+        assert torch.equal(param, params["always"][name]), name
+    states = {choice: t.optim.state_dict()["state"] for choice, t in trainers.items()}
+    assert states["never"].keys() == states["always"].keys() and states["never"]
+    for index, entry in states["never"].items():
+        assert torch.equal(entry["momentum_buffer"], states["always"][index]["momentum_buffer"]), index
