@@ -230,7 +230,8 @@ class Transformer(nn.Module):
         and a causal prefix sees nothing after it. Equal to the full forward to float rounding (the
         same sums, split differently into matrix products, and the shared prefix's gradients summed
         over the sequences before, not after, its weight products). ``layer_prompts`` / ``prompt_slot``
-        as in `forward` (not with a shared prefix).
+        as in `forward`; with a shared prefix only text deep prompts shared by every sequence ([n, W],
+        ``"after_sos"``) that lie inside the prefix (1 + n <= P): they replace the prefix's tokens 1..n.
         """
         n_blocks = len(self.resblocks)
         if not 0 <= start <= n_blocks:
@@ -238,7 +239,7 @@ class Transformer(nn.Module):
         if prefix is not None and (attn_mask is None or prefix.dim() != 3 or prefix.shape[0] != 1):
             raise ValueError("A shared prefix must be [1, P, W] and needs the causal attn_mask.")
         if prefix is not None and layer_prompts:
-            raise ValueError("A shared prefix does not take layer_prompts.")
+            check_prompts_inside_prefix(layer_prompts, prompt_slot, prefix.shape[1])
         rows = rows.to(device=x.device, dtype=torch.long)
         if start == n_blocks:
             return x[torch.arange(x.shape[0], device=x.device), rows]
@@ -253,8 +254,12 @@ class Transformer(nn.Module):
         else:  # rows [prefix; x_0; ...; x_{N-1}]: every linear layer is one matrix product
             prefix_length = prefix.shape[1]
             tokens = torch.cat([prefix[0], x.reshape(-1, width)])
-            for block in self.resblocks[start:n_blocks - 1]:
-                tokens = block.forward_with_prefix(tokens, prefix_length, n, attn_mask)
+            for i in range(start, n_blocks):
+                if layer_prompts and i in layer_prompts:  # the prefix's tokens 1..n (every sequence's)
+                    prompts = layer_prompts[i].to(tokens.dtype)
+                    tokens = torch.cat([tokens[:1], prompts, tokens[1 + prompts.shape[0]:]])
+                if i < n_blocks - 1:
+                    tokens = self.resblocks[i].forward_with_prefix(tokens, prefix_length, n, attn_mask)
         return self.resblocks[n_blocks - 1].forward_rows(tokens, prefix_length, n, rows, attn_mask)
 
 
@@ -264,6 +269,20 @@ def shared_prefix_length(tokens: Tensor) -> int:
     same = (tokens == tokens[:1]).all(dim=0)
     length = int(same.long().cumprod(dim=0).sum())
     return min(length, int(tokens.argmax(dim=-1).min()))
+
+
+def check_prompts_inside_prefix(layer_prompts: Mapping[int, Tensor], slot: str, prefix_length: int) -> None:
+    """Deep prompts a shared prefix can take: the same [n, W] for every sequence, replacing tokens
+    1..n after SOS, all inside the prefix."""
+    if slot != "after_sos" or any(p.dim() != 2 or 1 + p.shape[0] > prefix_length for p in layer_prompts.values()):
+        raise ValueError(f"A shared prefix of {prefix_length} tokens takes only deep prompts [n, W] shared by every "
+                         f"sequence after SOS with 1 + n <= {prefix_length} (got slot {slot!r}, shapes "
+                         f"{sorted({tuple(p.shape) for p in layer_prompts.values()})}).")
+
+
+def prompts_fit_prefix(layer_prompts: Optional[Mapping[int, Tensor]], prefix_length: int) -> bool:
+    """Whether text deep prompts (slot ``"after_sos"``) leave a shared prefix of this length shared."""
+    return not layer_prompts or all(p.dim() == 2 and 1 + p.shape[0] <= prefix_length for p in layer_prompts.values())
 
 
 def replace_prompt_tokens(x: Tensor, prompts: Tensor, slot: str = "last") -> Tensor:
@@ -633,7 +652,8 @@ class CLIP(nn.Module):
         there: fp16 features then equal the original implementations' bit for bit.
 
         ``rows_only`` (default: ``truncate``'s value) computes the last block at the EOT rows only, and
-        the first ``shared_prefix`` tokens once (``text_features_from_hidden``; not with deep prompts). The caller
+        the first ``shared_prefix`` tokens once (``text_features_from_hidden``; with deep prompts when they
+        are shared by every row and lie inside the prefix, `prompts_fit_prefix`). The caller
         vouches that those tokens are the same in every row *and* come from the same tensors (a shared
         context, a frozen SOS), so their gradients may be summed before they flow back: ``x[0]``'s
         prefix carries them all.
@@ -643,7 +663,7 @@ class CLIP(nn.Module):
         hidden = self.text_hidden_states(x, eot_indices, end=0, truncate=truncate)
         if not (truncate if rows_only is None else rows_only):
             return self.text_features_from_hidden(hidden, eot_indices, start=0, layer_prompts=layer_prompts)
-        if layer_prompts or x.shape[0] < 2:  # one row has nothing to share
+        if x.shape[0] < 2 or not prompts_fit_prefix(layer_prompts, shared_prefix):  # nothing shared
             shared_prefix = 0
         return self.text_features_from_hidden(hidden, eot_indices, start=0, layer_prompts=layer_prompts,
                                               eot_rows_only=True, shared_prefix=shared_prefix)
@@ -703,13 +723,12 @@ class CLIP(nn.Module):
         if eot_rows_only:
             eot_indices = eot_indices.to(device=hidden.device, dtype=torch.long)
             mask = self.causal_mask(length)
-            if shared_prefix > 0 and layer_prompts:
-                raise ValueError("shared_prefix does not take layer_prompts.")
             if shared_prefix > 0:
                 if shared_prefix > int(eot_indices.min()):
                     raise ValueError(f"shared_prefix={shared_prefix} reaches past an EOT token (at {int(eot_indices.min())}).")
                 x = self.transformer.forward_rows(hidden[:, shared_prefix:], eot_indices - shared_prefix, mask,
-                                                  start=start, prefix=hidden[:1, :shared_prefix])
+                                                  start=start, prefix=hidden[:1, :shared_prefix],
+                                                  layer_prompts=layer_prompts, prompt_slot="after_sos")
             else:
                 x = self.transformer.forward_rows(hidden, eot_indices, mask, start=start, layer_prompts=layer_prompts,
                                                   prompt_slot="after_sos")

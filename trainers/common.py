@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 import clip
-from clip.model import shared_prefix_length
+from clip.model import prompts_fit_prefix, shared_prefix_length
 from engine.errors import ConfigValueError
 from trainers.prompts import clean_classname
 
@@ -273,10 +273,10 @@ def text_length(clip_model: nn.Module, eot_indices: torch.Tensor, shared_prefix:
                 layer_prompts: Mapping[int, torch.Tensor] | None = None) -> int:
     """Tokens per row the text tower holds activations of, as `CLIP.encode_text_embeddings` runs it:
     cut after the last EOT in fp32 (the full context otherwise), less a `shared_prefix` computed once
-    (fp32, without deep prompts)."""
+    (fp32; with deep prompts when they lie inside it, `prompts_fit_prefix`)."""
     if clip_model.dtype != torch.float32:
         return clip_model.context_length
-    return int(eot_indices.max()) + 1 - (0 if layer_prompts else shared_prefix)
+    return int(eot_indices.max()) + 1 - (shared_prefix if prompts_fit_prefix(layer_prompts, shared_prefix) else 0)
 
 
 def text_activation(clip_model: nn.Module, eot_indices: torch.Tensor, prompts: int | None = None,

@@ -120,10 +120,15 @@ class MaPLeModel(MethodModel):
 
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         learner = self.prompt_learner
-        return self.encode_prompts(learner.text_prompts(), learner.eot_indices, learner.text_layer_prompts())
+        return self.encode_prompts(learner.text_prompts(), learner.eot_indices, learner.text_layer_prompts(),
+                                   shared_prefix=self.text_shared_prefix())
+
+    def text_shared_prefix(self) -> int:
+        # SOS + the shared context; the deep prompts replace tokens inside it, the same in every class.
+        return self.prompt_learner.shared_prefix_length(self.prompt_learner.ctx)
 
     def text_activation(self, batch_size: int) -> TextActivation | None:
-        return text_activation(self.clip_model, self.prompt_learner.eot_indices)
+        return text_activation(self.clip_model, self.prompt_learner.eot_indices, shared_prefix=self.text_shared_prefix())
 
 
 @TRAINER_REGISTRY.register()

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 import clip
+from clip.model import shared_prefix_length
 from engine.errors import ConfigValueError
 
 __all__ = ["CLASS_TOKEN_POSITIONS", "ClassPrompts", "Context", "clean_classname", "initial_context",
@@ -112,17 +113,23 @@ class ClassPrompts(nn.Module):
         self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :, :])
         # EOS has the largest token id, so argmax finds it.
         self.register_buffer("eot_indices", tokenized.argmax(dim=-1), persistent=False)
+        # Frozen words after the context that every class's prompt has ("of a" in MaPLe's "[V1] [V2] of a <class>.").
+        self.common_suffix_length = shared_prefix_length(tokenized[:, 1 + n_ctx:])
         self.n_cls = len(names)
         self.n_ctx = n_ctx
         self.class_token_position = class_token_position
 
     def shared_prefix_length(self, ctx: torch.Tensor) -> int:
-        """How many leading tokens of the prompts `assemble(ctx)` are the same tensors in every class: SOS,
-        then a shared context [n_ctx, W] up to the class name (all of it at the end, its first half
-        in the middle). The text tower computes them once (`CLIP.encode_text_embeddings`)."""
+        """How many leading tokens of the prompts `assemble(ctx)` are the same in every class: SOS,
+        then a shared context [n_ctx, W] up to the class name (all of it at the end, and the frozen
+        words after it that every prompt has; its first half in the middle). The context is one tensor
+        and the rest frozen buffers, so their gradients may be summed once. The text tower computes
+        them once (`CLIP.encode_text_embeddings`)."""
         if ctx.dim() != 2:  # class-specific context: only the SOS buffer is shared
             return 1
-        return 1 + {"end": self.n_ctx, "middle": self.n_ctx // 2, "front": 0}[self.class_token_position]
+        if self.class_token_position == "end":
+            return 1 + self.n_ctx + self.common_suffix_length
+        return 1 + {"middle": self.n_ctx // 2, "front": 0}[self.class_token_position]
 
     def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
         """Prompts [C, L, W] from a shared context [n_ctx, W] or a class-specific one [C, n_ctx, W]."""

@@ -188,10 +188,16 @@ class PromptSRCModel(MethodModel):
     def encode_texts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         learner = self.vl_prompt_learner
         return self.encode_prompts(learner.prompt_learner(), learner.prompt_learner.eot_indices,
-                                   learner.text_encoder.layer_prompts())
+                                   learner.text_encoder.layer_prompts(), shared_prefix=self.text_shared_prefix())
+
+    def text_shared_prefix(self) -> int:
+        # SOS + the shared context; the deep prompts replace tokens inside it, the same in every class.
+        learner = self.vl_prompt_learner.prompt_learner
+        return learner.shared_prefix_length(learner.ctx)
 
     def text_activation(self, batch_size: int) -> TextActivation | None:
-        return text_activation(self.clip_model, self.vl_prompt_learner.prompt_learner.eot_indices)
+        return text_activation(self.clip_model, self.vl_prompt_learner.prompt_learner.eot_indices,
+                               shared_prefix=self.text_shared_prefix())
 
     def features(self, images: torch.Tensor, text: torch.Tensor | None = None) -> PromptSRCFeatures:
         base = super().features(images, text)

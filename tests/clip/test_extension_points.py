@@ -332,6 +332,40 @@ def test_text_eot_rows_and_shared_context_keep_features_and_gradients(vit_state_
     assert (wrong[1] - right[1]).abs().max() > 10 * atol
 
 
+def test_shared_context_with_deep_prompts_keeps_features_and_gradients(vit_state_dict):
+    """MaPLe / PromptSRC: deep text prompts [n, W] replace tokens 1..n of every class at each block,
+    inside SOS + the shared context, so that start is still computed once. Features and the gradients
+    of the context, of every deep prompt (block 0's and the last block's included) and of every weight
+    equal the full forward's; a deep prompt reaching past the prefix is refused."""
+    model = clip.build_model(vit_state_dict).float().requires_grad_(True)
+    tokens = clip.tokenize(["X X X a dog.", "X X X a sea lion.", "X X X ox.", "X X X a red-tailed hawk."])
+    eot = tokens.argmax(-1)
+    n_ctx, width, layers = 3, model.transformer.width, model.transformer.layers
+    ctx = torch.randn(n_ctx, width, requires_grad=True)
+    deep = {i: torch.randn(n_ctx - (i % 2), width, requires_grad=True) for i in range(layers)}  # n and n - 1 tokens
+    embeddings = model.token_embedding(tokens).detach()
+
+    def prompts():
+        return torch.cat([embeddings[:, :1], ctx.expand(len(tokens), -1, -1), embeddings[:, 1 + n_ctx:]], dim=1)
+
+    def step(**options):
+        for tensor in (ctx, *deep.values()):
+            tensor.grad = None
+        out, grads = _features_and_grads(model, lambda: model.encode_text_embeddings(prompts(), eot, layer_prompts=deep,
+                                                                                     **options))
+        return out, {**grads, "ctx": ctx.grad.clone(), **{f"deep{i}": p.grad.clone() for i, p in deep.items()}}
+
+    plain = step(rows_only=False)
+    fast = step(shared_prefix=1 + n_ctx)
+    length = int(eot.max()) + 1
+    atol = transformer_atol(plain[0].abs().max(), width, length, layers)
+    _assert_same_step(plain, fast, atol, transformer_atol(1.0, width, length, 2 * layers))
+    hidden = model.text_hidden_states(prompts(), eot, end=0)
+    with pytest.raises(ValueError, match="shared prefix of 2 tokens"):
+        model.transformer.forward_rows(hidden[:, 2:], eot - 2, model.causal_mask(length), prefix=hidden[:1, :2],
+                                       layer_prompts=deep, prompt_slot="after_sos")
+
+
 def test_encode_text_shares_the_template_start_of_token_ids(vit_model):
     """encode_text finds the tokens every row starts with (a template) and computes them once: the
     first block sees them once, and the features equal the full forward's."""

@@ -183,3 +183,38 @@ def test_a_resnet_backbone_is_a_config_error(caltech_root, tmp_path):
     argv[argv.index("INPUT.SIZE") + 1] = "(64, 64)"
     with pytest.raises(ConfigValueError, match="ResNet image encoder"):
         build(argv)
+
+
+def test_the_shared_prompt_start_is_computed_once_with_the_deep_prompts(caltech_root, maple_clip_path, tmp_path):
+    """fp32: SOS, the 2 context vectors and the frozen "of a" are the same in every class's prompt, and
+    the deep text prompts replace tokens inside them, so the text tower computes that start once. The
+    class text features and the gradients of the context and of every deep text prompt equal the full
+    forward's, to the tower's summation-order bound."""
+    trainer = build(maple_argv(caltech_root, maple_clip_path, tmp_path))
+    model, learner = trainer.model, trainer.model.prompt_learner
+    shared = model.text_shared_prefix()
+    assert shared == 1 + N_CTX + 2  # [SOS] [V1] [V2] of a | <class name>.
+    prompts = learner.text_prompts().detach()
+    assert torch.equal(prompts[:, :shared], prompts[:1, :shared].expand(learner.n_cls, -1, -1))
+    assert not torch.equal(prompts[:, shared], prompts[:1, shared].expand(learner.n_cls, -1))  # a class name next
+    trained = [learner.ctx, *learner.compound_prompts_text]
+
+    def features_and_grads(forward):
+        for param in trained:
+            param.grad = None
+        features = forward()
+        (features * torch.randn(features.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+        return features.detach(), [param.grad.clone() for param in trained]
+
+    clip_model = model.clip_model
+    fast = features_and_grads(model.encode_texts)
+    full = features_and_grads(lambda: clip_model.encode_text_embeddings(
+        learner.text_prompts(), learner.eot_indices, layer_prompts=learner.text_layer_prompts(), rows_only=False))
+    length = int(learner.eot_indices.max()) + 1
+    torch.testing.assert_close(fast[0], full[0], rtol=0,
+                               atol=transformer_atol(full[0].abs().max(), TEXT_WIDTH, length, LAYERS))
+    for fast_grad, full_grad in zip(fast[1], full[1]):
+        assert full_grad.abs().max() > 0
+        # The backward runs the same layers again in reverse; relative to the gradient's size.
+        torch.testing.assert_close(fast_grad, full_grad, rtol=0,
+                                   atol=transformer_atol(full_grad.abs().max(), TEXT_WIDTH, length, 2 * LAYERS))
