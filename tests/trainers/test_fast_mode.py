@@ -13,6 +13,7 @@ from tests.clip.test_precision import _roundings
 from tests.conftest import run_train
 from tests.tolerances import BF16_UNIT_ROUNDOFF, cosine_logit_atol, low_precision_relative_error
 from tests.trainers.test_coop import build_coop_trainer, coop_argv
+from trainers.common import cosine_logits
 from trainers.dyt import DyT
 
 
@@ -81,6 +82,29 @@ def test_fast_mode_runs_the_step_under_bf16_autocast_close_to_fp32(caltech_root,
                               low_precision_relative_error(_roundings(clip_model.visual), BF16_UNIT_ROUNDOFF),
                               low_precision_relative_error(_roundings(clip_model), BF16_UNIT_ROUNDOFF))
     assert (recorder.logits.float() - reference).abs().max() <= bound
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_mode_keeps_the_classifier_head_in_fp32_where_amp_alone_does_not(fast, caltech_root, tiny_clip_path,
+                                                                              tmp_path):
+    """Fast mode: the towers run in bf16, the cosine head on their features in fp32 (a bf16 cosine
+    times CLIP's logit scale of 100 moves logits by up to ~0.4). PREC amp without fast mode autocasts
+    the head too, as the originals do."""
+    opts = ("TRAIN.FAST_MODE", "True") if fast else ("TRAINER.COOP.PREC", "amp")
+    trainer, batch = _trainer_and_batch(caltech_root, tiny_clip_path, tmp_path / "run", *opts)
+    model = trainer.model
+    recorder = StepRecorder(trainer)
+    features = []
+    compute_features = model.features
+    model.features = lambda *args: features.append(compute_features(*args)) or features[-1]
+    trainer.forward_backward(batch)
+    image, text = features[0].image, features[0].text
+    assert image.dtype == text.dtype == torch.bfloat16  # the towers' outputs, under autocast either way
+    expected = cosine_logits(image.detach().float(), text.detach().float(), model.clip_model.logit_scale.detach())
+    if fast:
+        assert recorder.logits.dtype == torch.float32 and torch.equal(recorder.logits, expected)
+    else:
+        assert recorder.logits.dtype == torch.bfloat16 and not torch.equal(recorder.logits.float(), expected)
 
 
 def test_fast_mode_evaluates_under_autocast_where_the_exact_run_does_not(caltech_root, tiny_clip_path, tmp_path):
