@@ -216,15 +216,21 @@ class DynamicBlock(nn.Module):
         forward ((0 - s) + s), so the gradient the original propagates back through its MLP is
         exactly 0: skipping that backward changes no gradient and saves its time and activations.
         The skipped tokens' MLP values are still computed, without a graph: the gate's gradient
-        needs them."""
+        needs them.
+
+        What the graph saves is GELU's input of the kept rows and LN2's per-row statistics, nothing
+        more: LN2 runs on all rows of x (whose storage the dispatcher and the adapter save anyway)
+        rather than on a gathered copy of the kept rows, and the kept rows go in with index_put_,
+        whose backward needs only the index (index_copy's would keep the kept rows' output too)."""
         flat = x.reshape(-1, x.shape[-1])
         on = gate.reshape(-1) != 0
         kept_index, skipped_index = on.nonzero().squeeze(1), (~on).nonzero().squeeze(1)
-        kept = self.mlp(self.norm2(flat.index_select(0, kept_index)))
+        normed = self.norm2(flat)  # row by row: the same values as on the gathered rows
+        kept = self.mlp(normed.index_select(0, kept_index))
         with torch.no_grad():
-            skipped = self.mlp(self.norm2(flat.index_select(0, skipped_index)))
+            skipped = self.mlp(normed.index_select(0, skipped_index))
             out = torch.zeros(flat.shape, dtype=kept.dtype, device=flat.device).index_copy_(0, skipped_index, skipped)
-        out = out.index_copy(0, kept_index, kept).reshape(x.shape)
+        out = out.index_put_((kept_index,), kept).reshape(x.shape)
         return self.drop_path2(self.ls2(out))
 
     def _skip_mlp_of_dropped_tokens(self, x: torch.Tensor, gate: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:

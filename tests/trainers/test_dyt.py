@@ -127,6 +127,31 @@ def test_training_back_propagates_through_the_mlp_of_kept_tokens_only_with_the_o
     assert torch.allclose(loss, reference_loss, rtol=1e-12, atol=0)
 
 
+def test_the_kept_tokens_mlp_graph_saves_only_gelus_input_and_the_layer_norms_statistics():
+    block = tiny_model().train().vit.blocks[1]
+    x = torch.randn(3, TOKENS, WIDTH, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    gate = (torch.rand(3, TOKENS, 1, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    gate[:, 0] = 1  # the class token
+    kept, rows = int(gate.sum()), 3 * TOKENS
+    saved = {}  # storage -> (dtype, bytes): what the graph holds until backward, each storage once
+    frozen = {p.untyped_storage().data_ptr() for p in block.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in frozen | {x.untyped_storage().data_ptr()}:  # x: the caller's, saved anyway
+            saved[storage.data_ptr()] = (t.dtype, storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = block._masked_mlp_graph_on_kept_tokens(x, gate)
+    float_bytes = sum(n for dtype, n in saved.values() if dtype.is_floating_point)
+    # GELU's input for the kept rows [kept, MLP] and LN2's mean and 1/std per row [rows, 1]: no gathered
+    # copy of the kept rows (LN2's input) and no copy of the kept rows' MLP output (index_copy's source).
+    assert 0 < kept < rows and float_bytes == 4 * (kept * MLP + 2 * rows)
+    out.sum().backward()  # the saved tensors are the ones backward needs
+    assert x.grad[gate[..., 0] == 0].abs().max() == 0 and x.grad[gate[..., 0] == 1].abs().max() > 0
+
+
 def test_moe_adapter_with_identical_experts_is_the_plain_adapter():
     torch.manual_seed(0)
     plain = Adapter(WIDTH, 8, 1.0, 0.0)
