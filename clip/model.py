@@ -46,31 +46,6 @@ EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 # ---------------------------------------------------------------------------
 
 
-def autocast_weight(weight: Optional[Tensor]) -> Optional[Tensor]:
-    """The lower-precision copy autocast makes of a frozen fp32 weight for a matrix product, made once
-    and kept while the weight is unchanged. Autocast caches only weights that need a gradient, so a
-    frozen tower's weights would be cast again at every use (a ViT-B/16 image tower: 86M values per
-    forward). The same cast, so the same bits; outside autocast the weight itself."""
-    if weight is None or weight.requires_grad or weight.dtype != torch.float32:
-        return weight
-    device = weight.device.type
-    if not torch.is_autocast_enabled(device):
-        return weight
-    key = (torch.get_autocast_dtype(device), weight._version, weight.data_ptr())
-    cached = getattr(weight, "_autocast_copy", None)
-    if cached is None or cached[0] != key:
-        cached = (key, weight.detach().to(key[0]))
-        weight._autocast_copy = cached
-    return cached[1]
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose frozen fp32 weights are cast for autocast once (`autocast_weight`)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, autocast_weight(self.weight), autocast_weight(self.bias))
-
-
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 and cast back to the input dtype (as OpenAI's)."""
 
@@ -102,15 +77,12 @@ class MultiheadSelfAttention(nn.Module):
         self.width, self.heads = width, heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = Linear(width, width)
-
-    def in_proj(self) -> Tuple[Tensor, Tensor]:
-        return autocast_weight(self.in_proj_weight), autocast_weight(self.in_proj_bias)
+        self.out_proj = nn.Linear(width, width)
 
     def project(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Queries, keys and values of x ([N, L, W]), each [N, heads, L, head_dim]."""
         n, length, width = x.shape
-        qkv = F.linear(x, *self.in_proj())
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         # [N, L, 3W] -> 3 x [N, heads, L, head_dim]
         q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         return q, k, v
@@ -132,7 +104,7 @@ class MultiheadSelfAttention(nn.Module):
         [prefix; x_0; ...; x_{N-1}] ([P + N·S, W]): the same rows out, the prefix computed once (each
         linear layer is one matrix product over all rows). ``attn_mask``: the causal [P + S, P + S] mask."""
         width, heads = self.width, self.heads
-        qkv = F.linear(tokens, *self.in_proj()).view(-1, 3, heads, width // heads)
+        qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias).view(-1, 3, heads, width // heads)
         q_prefix, k_prefix, v_prefix = qkv[:prefix_length].permute(1, 2, 0, 3).unsqueeze(1)  # [1, heads, P, hd]
         q, k, v = qkv[prefix_length:].view(n, -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
         k = torch.cat([k_prefix.expand(n, -1, -1, -1), k], dim=2)
@@ -151,10 +123,9 @@ class MultiheadSelfAttention(nn.Module):
         width, heads, head_dim = self.width, self.heads, self.width // self.heads
         length = (tokens.shape[0] - prefix_length) // n
         query_rows = prefix_length + torch.arange(n, device=tokens.device) * length + rows
-        weight, bias = self.in_proj()
-        q = F.linear(tokens[query_rows], weight[:width], bias[:width])
+        q = F.linear(tokens[query_rows], self.in_proj_weight[:width], self.in_proj_bias[:width])
         q = q.view(n, 1, heads, head_dim).transpose(1, 2)  # [N, heads, 1, head_dim]
-        kv = F.linear(tokens, weight[width:], bias[width:]).view(-1, 2, heads, head_dim)
+        kv = F.linear(tokens, self.in_proj_weight[width:], self.in_proj_bias[width:]).view(-1, 2, heads, head_dim)
         k, v = kv[prefix_length:].view(n, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
         if prefix_length:
             k_prefix, v_prefix = kv[:prefix_length].permute(1, 2, 0, 3).unsqueeze(1).expand(-1, n, -1, -1, -1)
@@ -174,9 +145,9 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
-                    ("c_fc", Linear(width, width * 4)),
+                    ("c_fc", nn.Linear(width, width * 4)),
                     ("gelu", QuickGELU()),
-                    ("c_proj", Linear(width * 4, width)),
+                    ("c_proj", nn.Linear(width * 4, width)),
                 ]
             )
         )
