@@ -274,7 +274,7 @@ def shared_prefix_length(tokens: Tensor) -> int:
 def check_prompts_inside_prefix(layer_prompts: Mapping[int, Tensor], slot: str, prefix_length: int) -> None:
     """Deep prompts a shared prefix can take: the same [n, W] for every sequence, replacing tokens
     1..n after SOS, all inside the prefix."""
-    if slot != "after_sos" or any(p.dim() != 2 or 1 + p.shape[0] > prefix_length for p in layer_prompts.values()):
+    if slot != "after_sos" or not prompts_fit_prefix(layer_prompts, prefix_length):
         raise ValueError(f"A shared prefix of {prefix_length} tokens takes only deep prompts [n, W] shared by every "
                          f"sequence after SOS with 1 + n <= {prefix_length} (got slot {slot!r}, shapes "
                          f"{sorted({tuple(p.shape) for p in layer_prompts.values()})}).")

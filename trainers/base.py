@@ -50,7 +50,7 @@ from engine.feature_cache import CachedImageFeatures
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.preflight import MemoryShortfall
 from trainers.common import (DEFAULT_TEXT_CHUNK_MB, PRECISIONS, TextActivation, autocast_context, autocast_enabled,
-                             cosine_logits, encode_prompt_embeddings, load_clip, make_grad_scaler, per_image_cosine_logits,
+                             cosine_logits, encode_prompt_embeddings, load_clip, make_grad_scaler,
                              text_activation)
 from trainers.feature_cache import FrozenFeatureCacheMixin
 
@@ -191,8 +191,6 @@ class MethodModel(nn.Module):
 
     def logits(self, features: Features) -> torch.Tensor:
         """CLIP's scaled cosine similarity, [B, C]."""
-        if features.text.dim() == 3:
-            return per_image_cosine_logits(features.image, features.text, self.clip_model.logit_scale)
         return cosine_logits(features.image, features.text, self.clip_model.logit_scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

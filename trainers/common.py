@@ -163,7 +163,8 @@ def cosine_logits(
     logit_scale: torch.Tensor,
     text_normalized: bool = False,
 ) -> torch.Tensor:
-    """CLIP's classifier: exp(logit_scale) * normalize(img) @ normalize(text).T.
+    """CLIP's classifier: exp(logit_scale) * normalize(img) @ normalize(text).T, [B, C], from class
+    text features [C, D] or per image [B, C, D] (CoCoOp).
 
     `text_normalized=True` skips re-normalising features that already are (as the originals do
     for precomputed class features), so fp16 results match theirs bit for bit.
@@ -173,17 +174,9 @@ def cosine_logits(
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
         if not text_normalized:
             text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        if text_features.dim() == 3:
+            return logit_scale.exp() * torch.einsum("bd,bcd->bc", image_features, text_features)
         return logit_scale.exp() * image_features @ text_features.t()
-
-
-def per_image_cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor,
-                            logit_scale: torch.Tensor) -> torch.Tensor:
-    """`cosine_logits` with class text features per image ([B, C, D]; CoCoOp): [B, C]."""
-    context, (image, text, logit_scale) = fp32_head(image_features, text_features, logit_scale)
-    with context:
-        image = image / image.norm(dim=-1, keepdim=True)
-        text = text / text.norm(dim=-1, keepdim=True)
-        return logit_scale.exp() * torch.einsum("bd,bcd->bc", image, text)
 
 
 @torch.no_grad()
