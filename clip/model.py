@@ -5,7 +5,7 @@ the joint model -> weight conversion and construction from a state dict.
 
 Layout is batch-first ([N, L, W]) everywhere. Parameter names match OpenAI's
 state-dict keys exactly (e.g. ``attn.in_proj_weight``), although attention is
-implemented here with ``F.scaled_dot_product_attention``.
+implemented here with ``F.scaled_dot_product_attention`` (plain ops in bf16 on a CPU: ``attention``).
 
 Extension points for prompt-learning methods (nobody needs to fork this file):
 
@@ -44,6 +44,31 @@ EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 # ---------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------
+
+
+def math_attention_is_faster(dtype: torch.dtype, device: torch.device) -> bool:
+    """bf16 on a CPU (fast mode): PyTorch's fused CPU attention kernel is then slower than three plain
+    ops, 2x forward and 2.5-5x forward + backward at ViT-B/16's and the text tower's shapes
+    (`python -m benchmarks.attention_kernels`). In fp32, and on CUDA, the fused kernel is faster."""
+    return dtype == torch.bfloat16 and device.type == "cpu"
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    """softmax(q k^T / sqrt(head_dim) + attn_mask) v, with the faster kernel for the dtype and device
+    (`math_attention_is_faster`). The plain path rounds the scores to bf16 where the fused kernel keeps
+    them in fp32: fast mode's bf16 precision, not the exact mode's."""
+    if math_attention_is_faster(q.dtype, q.device):
+        return plain_attention(q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def plain_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    """`attention` as three plain ops: the scores q k^T / sqrt(head_dim) + attn_mask, their softmax,
+    and its product with v."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    if attn_mask is not None:
+        scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -92,7 +117,7 @@ class MultiheadSelfAttention(nn.Module):
         projected: [N, Q, W]. ``attn_mask``: additive, [Q, K] or [N, 1, Q, K]."""
         if attn_mask is not None:
             attn_mask = attn_mask.to(dtype=q.dtype, device=q.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = attention(q, k, v, attn_mask)
         n, _, n_queries, _ = q.shape
         return self.out_proj(out.transpose(1, 2).reshape(n, n_queries, self.width))
 
@@ -110,8 +135,8 @@ class MultiheadSelfAttention(nn.Module):
         k = torch.cat([k_prefix.expand(n, -1, -1, -1), k], dim=2)
         v = torch.cat([v_prefix.expand(n, -1, -1, -1), v], dim=2)
         mask = attn_mask.to(dtype=q.dtype, device=q.device)
-        out_prefix = F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, attn_mask=mask[:prefix_length, :prefix_length])
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[prefix_length:])
+        out_prefix = attention(q_prefix, k_prefix, v_prefix, mask[:prefix_length, :prefix_length])
+        out = attention(q, k, v, mask[prefix_length:])
         out = torch.cat([out_prefix[0].transpose(0, 1).reshape(prefix_length, width), out.transpose(1, 2).reshape(-1, width)])
         return self.out_proj(out)
 
@@ -451,7 +476,7 @@ class AttentionPool2d(nn.Module):
         q = self.q_proj(x[:, :1]).view(n, 1, self.num_heads, head_dim).transpose(1, 2)
         k = self.k_proj(x).view(n, -1, self.num_heads, head_dim).transpose(1, 2)
         v = self.v_proj(x).view(n, -1, self.num_heads, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, head_dim]
+        out = attention(q, k, v)  # [N, heads, 1, head_dim]
         return self.c_proj(out.transpose(1, 2).reshape(n, c))
 
 

@@ -34,7 +34,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from engine.errors import ConfigValueError, MissingFileError, UserError
 from engine.registry import closest_matches
 
-__all__ = ["BackboneWeightsError", "build_timm_vit", "explicit_attention", "timm_preprocess_cfg"]
+__all__ = ["BackboneWeightsError", "build_timm_vit", "explicit_attention", "set_plain_attention", "timm_preprocess_cfg"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,13 @@ def _load_npz(model: VisionTransformer, name: str, path: str) -> None:
             f"backbone weights {path} do not fit timm model {name!r}: {error}. Pass the weights of this "
             "architecture, or the model name these weights belong to."
         ) from error
+
+
+def set_plain_attention(vit: torch.nn.Module, plain: bool) -> None:
+    """timm's plain softmax attention ops (`plain`) or its fused kernel in every block of `vit`."""
+    for block in vit.blocks:
+        if hasattr(block.attn, "fused_attn"):
+            block.attn.fused_attn = not plain
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import clip
+from clip.model import math_attention_is_faster
 from engine import TRAINER_REGISTRY
 from engine.backbone import Preprocess
 from engine.checkpoint import UnsafeCheckpointError
@@ -49,7 +50,7 @@ from engine.config import CfgNode as CN
 from engine.data.transforms import build_transform
 from engine.errors import ConfigValueError, MissingFileError
 from engine.optim import build_optimizer, check_update_in_backward
-from trainers.backbones import build_timm_vit, explicit_attention, timm_preprocess_cfg
+from trainers.backbones import build_timm_vit, explicit_attention, set_plain_attention, timm_preprocess_cfg
 from trainers.base import ClipMethod, Loss, StepOutput
 from trainers.common import autocast_context, make_grad_scaler
 
@@ -536,6 +537,9 @@ class DyT(ClipMethod):
         if cfg.MODEL.INIT_WEIGHTS:
             self.load_init_weights(cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
+        # Fast mode autocasts to bf16 on a CPU, where plain attention ops beat the fused kernel.
+        fast_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        set_plain_attention(self.model.vit, self.fast_mode(cfg) and math_attention_is_faster(fast_dtype, self.device))
         self.scaler = make_grad_scaler(self.precision(cfg), self.device, self.fast_mode(cfg))
         n = sum(p.numel() for p in trained.parameters())
         logger.info("Trainable: %d tensors, %d values (adapters, dispatchers, head)", len(trained.state_dict()), n)

@@ -267,3 +267,36 @@ def test_load_precision_defaults_to_fp32_on_cpu_and_accepts_fp16(tmp_path):
 def test_unknown_precision_is_refused(vit_state_dict):
     with pytest.raises(ValueError, match="fp16.*fp32.*'bf16'"):
         clip.build_model(vit_state_dict, precision="bf16")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bf16_attention_on_a_cpu_runs_plain_ops_within_bf16_rounding(causal, monkeypatch):
+    """Fast mode's attention (bf16 on a CPU) skips the fused kernel, which is slower there, and stays
+    within bf16's rounding of the exact attention of the same inputs; fp32 keeps the fused kernel."""
+    torch.manual_seed(0)
+    n, heads, length, head_dim = 2, 4, 9, 16
+    q, k, v = (torch.randn(n, heads, length, head_dim) * s for s in (1.5, 1.5, 1.0))
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    mask = torch.full((length, length), float("-inf")).triu(1) if causal else None
+    fused_calls: list[torch.dtype] = []
+    fused = F.scaled_dot_product_attention
+
+    def recording_fused(query, *args, **kwargs):
+        fused_calls.append(query.dtype)
+        return fused(query, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_fused)
+    out = clip.model.attention(q, k, v, None if mask is None else mask.to(torch.bfloat16))
+    assert fused_calls == [] and out.dtype == torch.bfloat16
+
+    exact = fused(q.double(), k.double(), v.double(), attn_mask=None if mask is None else mask.double())
+    scores = q.double() @ k.double().transpose(-1, -2) / head_dim**0.5
+    # The scaling by 1/4 is exact; the scores are rounded to bf16 (|δs| ≤ u·|s|), which moves each
+    # softmax weight by a factor of at most exp(2u·max|s|) (its numerator and the normaliser), and the
+    # weights are rounded (u): Σ_j |δp_j|·|v_j| ≤ (2·max|s| + 1)·u·max|v|. The weighted sum
+    # accumulates in fp32 and is rounded once (u·max|v|); one more u covers the second-order terms.
+    bound = (2 * scores.abs().max() + 3) * BF16_UNIT_ROUNDOFF * v.double().abs().max()
+    assert (out.double() - exact).abs().max() <= bound
+
+    clip.model.attention(q.float(), k.float(), v.float(), None if mask is None else mask)
+    assert fused_calls == [torch.float32]

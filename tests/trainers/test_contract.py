@@ -8,7 +8,8 @@ A method on a timm ViT (`backbone_kind = "timm_vit"`, e.g. DyT) gets a random 12
 - one training step changes its learnable parameters and nothing else;
 - save then load gives identical logits;
 - a model trained on the base classes loads and evaluates on the new classes;
-- a run stopped after its first epoch and rerun ends bit-identical to an uninterrupted run.
+- a run stopped after its first epoch and rerun ends bit-identical to an uninterrupted run;
+- in fast mode on a CPU (bf16) no attention goes through the fused kernel, which is slower there.
 """
 from __future__ import annotations
 
@@ -89,6 +90,18 @@ def argv(name: str, root, backbones, out, *opts: str, subsample: str = "base", f
     ]
 
 
+def train_one_step(trainer) -> None:
+    """One `forward_backward` on the first batch of the first epoch, as `train()` would run it."""
+    trainer.before_train()
+    trainer.epoch = 0
+    trainer.before_epoch()
+    trainer.set_model_mode("train")
+    batches = trainer.epoch_batches()
+    trainer.batch_idx, trainer.num_batches = 0, len(batches)
+    trainer.forward_backward(next(iter(batches)))
+    trainer.close_writer()
+
+
 def build(arguments: list[str]):
     import train
     from engine import build_trainer
@@ -117,14 +130,7 @@ def test_one_step_changes_the_learnable_parameters_and_nothing_else(name, data_r
     before = {k: v.detach().clone() for k, v in trainer.model.state_dict(keep_vars=False).items()}
     trainable = {k for k, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable, "a trained method must have trainable parameters"
-    trainer.before_train()
-    trainer.epoch = 0
-    trainer.before_epoch()
-    trainer.set_model_mode("train")
-    batches = trainer.epoch_batches()
-    trainer.batch_idx, trainer.num_batches = 0, len(batches)
-    trainer.forward_backward(next(iter(batches)))
-    trainer.close_writer()
+    train_one_step(trainer)
     after = trainer.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "one step changed nothing"
@@ -206,3 +212,20 @@ def test_a_run_stopped_after_its_first_epoch_resumes_bit_identically(name, data_
         assert a["state_dict"].keys() == b["state_dict"].keys()
         for key in a["state_dict"]:
             assert torch.equal(a["state_dict"][key], b["state_dict"][key]), (module_name, key)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_fast_mode_attention_on_a_cpu_skips_the_fused_kernel(name, data_root, backbones, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    trainer = build(argv(name, data_root, backbones, tmp_path, "TRAIN.FAST_MODE", "True"))
+    fused_calls: list[torch.dtype] = []
+    fused = F.scaled_dot_product_attention
+
+    def recording_fused(query, *args, **kwargs):
+        fused_calls.append(query.dtype)
+        return fused(query, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_fused)
+    train_one_step(trainer)
+    assert torch.bfloat16 not in fused_calls
