@@ -1,7 +1,7 @@
 """Where one training step of a trainer spends its time: torch.profiler's table by self CPU time.
 
     python -m benchmarks.profile_step --trainer SkipTuning [--classes 100] [--batch 4] [--top 15]
-        [--steps 1] [--geometry vit_b16] [--out profile.txt]
+        [--steps 1] [--geometry vit_b16] [--mode exact|fast] [--out profile.txt]
 
 The trainer is built exactly as `benchmarks.train_step` builds it (random ViT-B/16 weights, synthetic
 classes, its recipe); one warm-up step, then `--steps` profiled steps (forward, backward, optimizer).
@@ -16,7 +16,7 @@ import tempfile
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.train_step import GEOMETRIES, build, write_random_clip
+from benchmarks.train_step import GEOMETRIES, build, write_random_backbone
 from engine.errors import run_cli
 
 
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=1, help="profiled steps after one warm-up step")
     parser.add_argument("--top", type=int, default=15, help="rows of the table")
     parser.add_argument("--prec", choices=("fp16", "fp32", "amp"), default="fp32")
+    parser.add_argument("--mode", choices=("exact", "fast"), default="exact",
+                        help="fast: TRAIN.FAST_MODE (bf16 autocast on cpu), as benchmarks.train_step --mode fast")
     parser.add_argument("--geometry", choices=tuple(GEOMETRIES), default="vit_b16")
     parser.add_argument("--out", default="", help="also write the table here")
     return parser
@@ -39,8 +41,8 @@ def profile_events(args):
     args.device = "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         backbone_path = os.path.join(tmp, "backbone.pt")
-        write_random_clip(backbone_path, args.geometry, args.image_size)
-        trainer = build(args.trainer, args, backbone_path, os.path.join(tmp, "out"))
+        write_random_backbone(args.trainer, backbone_path, args.geometry, args.image_size)
+        trainer = build(args.trainer, args, backbone_path, os.path.join(tmp, "out"), fast_mode=args.mode == "fast")
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size)
     labels = torch.zeros(args.batch, dtype=torch.long)

@@ -11,7 +11,8 @@ tensors on a synthetic C-class dataset, so only cost is measured, never accuracy
 TRAINER_REGISTRY is built by the real code path (`train.setup_cfg` + `build_trainer`) with its own
 recipe (`ClipMethod.recipe`) and precision key, and `forward_backward` is called on one batch: its
 wall time (median over --steps after one warm-up step), its FLOPs
-(`torch.utils.flop_counter.FlopCounterMode`, forward + backward) and memory.
+(`torch.utils.flop_counter.FlopCounterMode`, forward + backward; attention counted as its four
+products, also where the CPU's fused kernel computes it) and memory.
 
 * A trainer without training (zero-shot CLIP): its "step" is one eval batch.
 * A method whose steps take a frozen image prefix (`trains_on_image_prefix`: Skip Tuning's cached
@@ -131,6 +132,12 @@ def backbone_kind(trainer_name: str) -> str:
     return getattr(TRAINER_REGISTRY.get(trainer_name), "backbone_kind", "clip")
 
 
+def write_random_backbone(trainer_name: str, path: str, geometry: str, image_size: int) -> None:
+    """Random weights of the backbone `trainer_name` loads (a CLIP, or DyT's timm ViT)."""
+    write = write_random_vit if backbone_kind(trainer_name) == "timm_vit" else write_random_clip
+    write(path, geometry, image_size)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -147,10 +154,27 @@ def _timed(fn: Callable[[], Any], device: torch.device, steps: int) -> list[floa
     return times
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """The CPU fused attention kernel's forward, which torch's counter leaves out: q k^T and p v."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """Its backward: the four products of the gradients (of p, v, q and k), twice the forward's, as
+    the plain ops count them; the kernel's recomputation of q k^T is the kernel's choice, not counted."""
+    return 2 * _cpu_attention_flops(query_shape, key_shape, value_shape)
+
+
 def _flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of `fn` (multiply-adds x 2), attention counted whichever kernel computes it."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    aten = torch.ops.aten
+    cpu_attention = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+                     aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -206,8 +230,7 @@ def measure(trainer_name: str, args) -> dict[str, Any]:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         backbone_path = os.path.join(tmp, "backbone.pt")
-        write = write_random_vit if backbone_kind(trainer_name) == "timm_vit" else write_random_clip
-        write(backbone_path, args.geometry, args.image_size)
+        write_random_backbone(trainer_name, backbone_path, args.geometry, args.image_size)
         trainer = build(trainer_name, args, backbone_path, os.path.join(tmp, "out"), fast_mode=args.mode == "fast")
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from benchmarks import train_step
 from engine.errors import ConfigValueError
@@ -180,3 +181,18 @@ def test_the_text_budget_flag_sets_the_config_key(tmp_path):
         run = train_step.run_args(parsed, train_step.planned_runs(["CoOp"], "exact", [8], None, "cpu")[0])
         trainer = train_step.build("CoOp", run, clip_path, str(tmp_path / f"out{budget}"))
         assert trainer.cfg.TRAIN.TEXT_CHUNK_MB == budget and trainer.model.text_chunk_mb == budget
+
+
+def test_attention_flops_count_the_same_for_the_fused_cpu_kernel_and_the_plain_ops():
+    import torch.nn.functional as F
+
+    from clip.model import plain_attention
+
+    n, heads, length, head_dim = 2, 3, 5, 8
+    q, k, v = (torch.randn(n, heads, length, head_dim, requires_grad=True) for _ in range(3))
+    mask = torch.full((length, length), float("-inf")).triu(1)
+    fused = train_step._flops(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward())
+    plain = train_step._flops(lambda: plain_attention(q, k, v, mask).sum().backward())
+    # Forward: q k^T and p v, 2·N·H·L·L·d each; backward: two products per forward product.
+    products = 2 * n * heads * length * length * head_dim
+    assert fused == plain == 3 * 2 * products
