@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -109,3 +111,26 @@ def run_train(argv: list[str]):
     import train
 
     return train.main(train.build_parser().parse_args(argv))
+
+
+@dataclass
+class FusedAttentionCalls:
+    """The query dtypes of every call to torch's fused attention during a test, and the unpatched kernel."""
+
+    fused: Callable
+    dtypes: list[torch.dtype] = field(default_factory=list)
+
+
+@pytest.fixture
+def fused_attention_calls(monkeypatch) -> FusedAttentionCalls:
+    """Records which attention calls reach `F.scaled_dot_product_attention` (fast mode's CPU path avoids it)."""
+    import torch.nn.functional as F
+
+    calls = FusedAttentionCalls(F.scaled_dot_product_attention)
+
+    def recording_fused(query, *args, **kwargs):
+        calls.dtypes.append(query.dtype)
+        return calls.fused(query, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_fused)
+    return calls

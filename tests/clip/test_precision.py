@@ -270,7 +270,7 @@ def test_unknown_precision_is_refused(vit_state_dict):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_bf16_attention_on_a_cpu_runs_plain_ops_within_bf16_rounding(causal, monkeypatch):
+def test_bf16_attention_on_a_cpu_runs_plain_ops_within_bf16_rounding(causal, fused_attention_calls):
     """Fast mode's attention (bf16 on a CPU) skips the fused kernel, which is slower there, and stays
     within bf16's rounding of the exact attention of the same inputs; fp32 keeps the fused kernel."""
     torch.manual_seed(0)
@@ -278,18 +278,10 @@ def test_bf16_attention_on_a_cpu_runs_plain_ops_within_bf16_rounding(causal, mon
     q, k, v = (torch.randn(n, heads, length, head_dim) * s for s in (1.5, 1.5, 1.0))
     q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     mask = torch.full((length, length), float("-inf")).triu(1) if causal else None
-    fused_calls: list[torch.dtype] = []
-    fused = F.scaled_dot_product_attention
-
-    def recording_fused(query, *args, **kwargs):
-        fused_calls.append(query.dtype)
-        return fused(query, *args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_fused)
     out = clip.model.attention(q, k, v, None if mask is None else mask.to(torch.bfloat16))
-    assert fused_calls == [] and out.dtype == torch.bfloat16
+    assert fused_attention_calls.dtypes == [] and out.dtype == torch.bfloat16
 
-    exact = fused(q.double(), k.double(), v.double(), attn_mask=None if mask is None else mask.double())
+    exact = fused_attention_calls.fused(q.double(), k.double(), v.double(), attn_mask=None if mask is None else mask.double())
     scores = q.double() @ k.double().transpose(-1, -2) / head_dim**0.5
     # The scaling by 1/4 is exact; the scores are rounded to bf16 (|δs| ≤ u·|s|), which moves each
     # softmax weight by a factor of at most exp(2u·max|s|) (its numerator and the normaliser), and the
@@ -299,4 +291,4 @@ def test_bf16_attention_on_a_cpu_runs_plain_ops_within_bf16_rounding(causal, mon
     assert (out.double() - exact).abs().max() <= bound
 
     clip.model.attention(q.float(), k.float(), v.float(), None if mask is None else mask)
-    assert fused_calls == [torch.float32]
+    assert fused_attention_calls.dtypes == [torch.float32]

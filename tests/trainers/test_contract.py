@@ -215,17 +215,8 @@ def test_a_run_stopped_after_its_first_epoch_resumes_bit_identically(name, data_
 
 
 @pytest.mark.parametrize("name", TRAINED)
-def test_fast_mode_attention_on_a_cpu_skips_the_fused_kernel(name, data_root, backbones, tmp_path, monkeypatch):
-    import torch.nn.functional as F
-
+def test_fast_mode_attention_on_a_cpu_skips_the_fused_kernel(name, data_root, backbones, tmp_path,
+                                                             fused_attention_calls):
     trainer = build(argv(name, data_root, backbones, tmp_path, "TRAIN.FAST_MODE", "True"))
-    fused_calls: list[torch.dtype] = []
-    fused = F.scaled_dot_product_attention
-
-    def recording_fused(query, *args, **kwargs):
-        fused_calls.append(query.dtype)
-        return fused(query, *args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_fused)
     train_one_step(trainer)
-    assert torch.bfloat16 not in fused_calls
+    assert torch.bfloat16 not in fused_attention_calls.dtypes
