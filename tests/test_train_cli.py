@@ -275,11 +275,18 @@ def _demo_coop_command(root, out, epochs: int = 5) -> list[str]:
     ]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_after_next_epoch(command: list[str], out, signum: int) -> subprocess.CompletedProcess:
     """Start `command`, wait until it writes a (new) resume point, then send `signum`."""
     point = out / "resume.pth.tar"
     before = point.stat().st_mtime_ns if point.exists() else None
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as in a terminal: a test runner started in the background (`pytest &` in a script) has
+    # SIGINT ignored, which a child inherits, and then Python installs no KeyboardInterrupt handler.
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if point.exists() and point.stat().st_mtime_ns != before:
