@@ -92,4 +92,4 @@ def main(argv: list[str] | None = None, shapes: tuple[AttentionShape, ...] = SHA
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda argv=None: main(argv) and None))
+    sys.exit(run_cli(lambda: main() and None))

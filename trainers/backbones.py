@@ -181,21 +181,23 @@ def _load_npz(model: VisionTransformer, name: str, path: str) -> None:
         ) from error
 
 
+def _timm_attentions(vit: torch.nn.Module) -> list[torch.nn.Module]:
+    return [b.attn for b in vit.blocks if hasattr(b.attn, "fused_attn")]
+
+
 def set_plain_attention(vit: torch.nn.Module, plain: bool) -> None:
     """timm's plain softmax attention ops (`plain`) or its fused kernel in every block of `vit`."""
-    for block in vit.blocks:
-        if hasattr(block.attn, "fused_attn"):
-            block.attn.fused_attn = not plain
+    for attn in _timm_attentions(vit):
+        attn.fused_attn = not plain
 
 
 @contextlib.contextmanager
 def explicit_attention(vit: torch.nn.Module) -> Iterator[None]:
     """timm's explicit softmax attention in every block of `vit` for the duration (torch's
     FlopCounterMode does not count CPU fused attention)."""
-    attns = [b.attn for b in vit.blocks if hasattr(b.attn, "fused_attn")]
+    attns = _timm_attentions(vit)
     previous = [a.fused_attn for a in attns]
-    for a in attns:
-        a.fused_attn = False
+    set_plain_attention(vit, True)
     try:
         yield
     finally:

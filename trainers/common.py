@@ -121,8 +121,12 @@ def autocast_context(prec: str, device: torch.device, fast: bool = False):
     autocasts it, as the originals do."""
     if not autocast_enabled(prec, fast):
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return (FastModeAutocast if fast else torch.autocast)(device_type=device.type, dtype=dtype)
+    return (FastModeAutocast if fast else torch.autocast)(device_type=device.type, dtype=autocast_dtype(device))
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """What PREC amp and fast mode autocast to: fp16 on CUDA, bf16 on CPU (CPU has no fast fp16)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 class FastModeAutocast(torch.autocast):

@@ -52,7 +52,7 @@ from engine.errors import ConfigValueError, MissingFileError
 from engine.optim import build_optimizer, check_update_in_backward
 from trainers.backbones import build_timm_vit, explicit_attention, set_plain_attention, timm_preprocess_cfg
 from trainers.base import ClipMethod, Loss, StepOutput
-from trainers.common import autocast_context, make_grad_scaler
+from trainers.common import autocast_context, autocast_dtype, make_grad_scaler
 
 __all__ = ["Adapter", "DyT", "DyTOutput", "DyTSchedule", "DyTSettings", "DyTViT", "DynamicBlock",
            "MoEAdapter", "TokenDispatcher", "load_original_checkpoint"]
@@ -538,8 +538,8 @@ class DyT(ClipMethod):
             self.load_init_weights(cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
         # Fast mode autocasts to bf16 on a CPU, where plain attention ops beat the fused kernel.
-        fast_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        set_plain_attention(self.model.vit, self.fast_mode(cfg) and math_attention_is_faster(fast_dtype, self.device))
+        set_plain_attention(self.model.vit, self.fast_mode(cfg)
+                            and math_attention_is_faster(autocast_dtype(self.device), self.device))
         self.scaler = make_grad_scaler(self.precision(cfg), self.device, self.fast_mode(cfg))
         n = sum(p.numel() for p in trained.parameters())
         logger.info("Trainable: %d tensors, %d values (adapters, dispatchers, head)", len(trained.state_dict()), n)
